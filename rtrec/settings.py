@@ -1,0 +1,68 @@
+"""Every setting of rtrec, declared once with its type, environment variable and default.
+
+Values come from environment variables named ``RTREC_<FIELD>`` (e.g. ``RTREC_KAFKA``); the
+defaults work for the local stack. Read them with :func:`load_settings` at a process's start and
+pass the object down; library code never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed configuration of every rtrec process (see the README's configuration table)."""
+
+    model_config = SettingsConfigDict(env_prefix="RTREC_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
+    actions_topic: str = Field("actions", description="Topic of user action events.")
+    dlq_topic: str = Field("actions.dlq", description="Dead-letter topic for invalid events.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of topics rtrec creates.")
+    producer_linger_ms: int = Field(5, ge=0, description="How long a producer waits to fill a batch.")
+    producer_batch_bytes: int = Field(256 * 1024, ge=1024, description="Producer batch size in bytes.")
+
+    # Redis
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the feature store.")
+
+    # Parameter server
+    param_servers: str = Field(
+        "127.0.0.1:7070", description="Parameter-server shards as comma-separated host:port."
+    )
+    ps_host: str = Field("127.0.0.1", description="Address a parameter-server shard binds to.")
+    ps_port: int = Field(7070, ge=0, le=65535, description="Port a parameter-server shard binds to.")
+    ps_shard: int = Field(0, ge=0, description="Index of this parameter-server shard.")
+    ps_num_shards: int = Field(1, ge=1, description="Number of parameter-server shards.")
+    ps_token: str = Field("", description="Shared token the parameter server requires; empty = none.")
+    snapshot_dir: Path = Field(Path("snapshots"), description="Where parameter-server snapshots go.")
+    snapshot_interval_s: float = Field(60.0, gt=0, description="Seconds between periodic snapshots.")
+
+    # Serving
+    http_host: str = Field("127.0.0.1", description="Address the serving HTTP API binds to.")
+    http_port: int = Field(8080, ge=0, le=65535, description="Port of the serving HTTP API.")
+    sync_interval_s: float = Field(2.0, gt=0, description="Seconds between sparse weight syncs.")
+
+    # Every process
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = pick a free one.")
+    log_level: str = Field("INFO", description="Python logging level name.")
+
+    @property
+    def param_server_addrs(self) -> list[tuple[str, int]]:
+        """The parameter-server shards as ``(host, port)`` pairs, in shard order."""
+        return [_host_port(part) for part in self.param_servers.split(",") if part.strip()]
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; keyword overrides win (used by tests and the launcher)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
