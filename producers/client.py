@@ -4,9 +4,10 @@ Sends are asynchronous and batched by the Kafka producer (``linger_ms``, ``batch
 failed delivery is never silent: it is counted, logged, and raised from the next :meth:`flush`.
 Events are keyed by ``user_id`` so one user's events stay in order on one partition.
 
->>> # doctest: +SKIP
->>> with EventProducer("127.0.0.1:9092") as producer:
-...     producer.send(Event("e1", "u1", "i1", "click", time.time()))
+Example (needs a broker)::
+
+    with EventProducer("127.0.0.1:9092") as producer:
+        producer.send(Event("e1", "u1", "i1", "click", time.time()))
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class EventProducer:
         linger_ms: int = 5,
         batch_bytes: int = 256 * 1024,
         compression: str | None = None,
+        delivery_timeout_ms: int = 120_000,
     ) -> None:
         self.topic = topic
         self._producer = KafkaProducer(
@@ -47,6 +49,8 @@ class EventProducer:
             batch_size=batch_bytes,
             compression_type=compression,
             retries=5,
+            request_timeout_ms=min(30_000, delivery_timeout_ms - linger_ms),
+            delivery_timeout_ms=delivery_timeout_ms,  # bound on reporting success or failure
             max_in_flight_requests_per_connection=1,  # keeps order per partition across retries
         )
         self._lock = threading.Lock()
