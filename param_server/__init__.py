@@ -1,0 +1,1 @@
+"""Parameter server: collisionless embedding tables, sparse optimizers, deltas, snapshots, shards."""
