@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 CHUNK_S = 0.25
 #: The world starts this long before the first send, so clicks and likes that follow earlier
 #: impressions are already in flight and the rate is steady from the first second.
+#: The warm-up is capped at this many generated events so high rates start quickly.
 WARM_UP_S = 30.0
+WARM_UP_EVENTS = 20_000
 
 
 def run_simulation(
@@ -39,7 +41,7 @@ def run_simulation(
     pending: list[tuple[float, int, Event]] = []
     seq = itertools.count()
     start = time.time()
-    horizon = start - WARM_UP_S
+    horizon = start - min(WARM_UP_S, WARM_UP_EVENTS / rate)
     sent = 0
     next_log = start + 10.0
     while (now := time.time()) < start + duration_s and not should_stop():
