@@ -1,0 +1,91 @@
+-- Applies a batch of events to the feature store atomically and idempotently (by event_id).
+-- ARGV: prefix, dedupe_ttl, key_ttl, recent_n, session_gap, trend_tau, pop_tau, ranking_size,
+--       nwin, then (name, bucket_s, slots) per window, then 7 values per event:
+--       event_id, ts, user, item, action, positive ("1"/"0"), category ("" if none).
+-- Returns {applied, duplicates}. Key names follow features/keys.py.
+local p = ARGV[1]
+local dedupe_ttl, key_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local recent_n, session_gap = tonumber(ARGV[4]), tonumber(ARGV[5])
+local taus = {{p .. 'trending', tonumber(ARGV[6])}, {p .. 'popular', tonumber(ARGV[7])}}
+local ranking_size = tonumber(ARGV[8])
+local nwin = tonumber(ARGV[9])
+local wins = {}
+local i = 10
+for w = 1, nwin do
+  wins[w] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
+  i = i + 3
+end
+
+local function bump(key, field, b)
+  -- slot value "bucket:count": same bucket counts up, an older one is replaced, a newer one wins
+  local cur = redis.call('HGET', key, field)
+  if cur then
+    local sep = string.find(cur, ':', 1, true)
+    local eb = tonumber(string.sub(cur, 1, sep - 1))
+    if eb == b then
+      redis.call('HSET', key, field, string.format('%d:%d', b, tonumber(string.sub(cur, sep + 1)) + 1))
+    elseif eb < b then
+      redis.call('HSET', key, field, string.format('%d:1', b))
+    end
+  else
+    redis.call('HSET', key, field, string.format('%d:1', b))
+  end
+end
+
+local function log_add(zkey, item, x)
+  -- forward decay: score = log(sum exp(ts / tau)), ranked identically to the decayed count at any time
+  local old = redis.call('ZSCORE', zkey, item)
+  local new = x
+  if old then
+    old = tonumber(old)
+    local m = math.max(old, x)
+    new = m + math.log(math.exp(old - m) + math.exp(x - m))
+  end
+  redis.call('ZADD', zkey, new, item)
+end
+
+local wm = tonumber(redis.call('GET', p .. 'wm') or '0')
+local applied, dup = 0, 0
+while i <= #ARGV do
+  local eid, ts, user, item = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+  local action, positive, category = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
+  if redis.call('SET', p .. 'seen:' .. eid, '1', 'NX', 'EX', dedupe_ttl) then
+    applied = applied + 1
+    if ts > wm then wm = ts end
+    local ukey, ikey = p .. 'c:u:' .. user, p .. 'c:i:' .. item
+    for _, key in ipairs({ukey, ikey, p .. 'c:g'}) do
+      for w = 1, nwin do
+        local b = math.floor(ts / wins[w][2])
+        bump(key, wins[w][1] .. ':' .. action .. ':' .. (b % wins[w][3]), b)
+      end
+    end
+    if category ~= '' then redis.call('HSET', ikey, 'category', category) end
+    if positive == '1' then
+      local last = tonumber(redis.call('HGET', ukey, 'last_ts') or '0')
+      local skey = p .. 'sess:' .. user
+      if ts - last > session_gap then redis.call('DEL', skey) end
+      redis.call('RPUSH', skey, item)
+      redis.call('LTRIM', skey, -recent_n, -1)
+      redis.call('EXPIRE', skey, math.floor(session_gap) + 1)
+      if ts > last then redis.call('HSET', ukey, 'last_ts', ts) end
+      local rkey = p .. 'recent:' .. user
+      redis.call('LPUSH', rkey, item)
+      redis.call('LTRIM', rkey, 0, recent_n - 1)
+      redis.call('EXPIRE', rkey, key_ttl)
+      for _, z in ipairs(taus) do log_add(z[1], item, ts / z[2]) end
+    end
+    redis.call('EXPIRE', ukey, key_ttl)
+    redis.call('EXPIRE', ikey, key_ttl)
+  else
+    dup = dup + 1
+  end
+end
+redis.call('SET', p .. 'wm', string.format('%.6f', wm))
+redis.call('EXPIRE', p .. 'c:g', key_ttl)
+for _, z in ipairs(taus) do
+  local n = redis.call('ZCARD', z[1])
+  if n > ranking_size then redis.call('ZREMRANGEBYRANK', z[1], 0, n - ranking_size - 1) end
+  redis.call('EXPIRE', z[1], key_ttl)
+end
+return {applied, dup}

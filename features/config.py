@@ -1,0 +1,36 @@
+"""What the feature store computes, as one typed configuration (defaults suit a live stream)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.windows import DEFAULT_WINDOWS, WindowSpec
+
+#: Actions that show interest: they feed recent items, sessions, trending and popularity.
+POSITIVE_ACTIONS = frozenset({"click", "like", "share", "purchase", "rating"})
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Windows, list lengths, decay constants and TTLs of the real-time features."""
+
+    windows: tuple[WindowSpec, ...] = DEFAULT_WINDOWS
+    recent_items: int = 50  # last N items a user acted on
+    session_gap_s: float = 1800.0  # a pause longer than this starts a new session
+    trending_tau_s: float = 900.0  # decay time of the trending score (velocity)
+    popular_tau_s: float = 86400.0  # decay time of popularity
+    ranking_size: int = 10_000  # items kept in the trending / popular rankings
+    ctr_prior_strength: float = 20.0  # pseudo-impressions of the smoothing prior
+    lateness_s: float = 3600.0  # how late an event may arrive and still be deduplicated
+    prefix: str = "rtrec:"
+    positive_actions: frozenset[str] = field(default=POSITIVE_ACTIONS)
+
+    @property
+    def key_ttl_s(self) -> int:
+        """TTL of every per-entity key: the longest window plus the allowed lateness."""
+        return int(max(w.seconds for w in self.windows) + self.lateness_s)
+
+    @property
+    def dedupe_ttl_s(self) -> int:
+        """How long an event_id is remembered: past that its effect has left every window anyway."""
+        return self.key_ttl_s

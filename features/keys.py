@@ -1,0 +1,34 @@
+"""The Redis key layout of the feature store, in one place (serving never builds keys itself).
+
+| key | type | content |
+|---|---|---|
+| ``{p}wm`` | string | watermark: newest event time applied |
+| ``{p}seen:{event_id}`` | string | the event was applied (idempotency), TTL ``dedupe_ttl_s`` |
+| ``{p}c:u:{user}`` / ``{p}c:i:{item}`` / ``{p}c:g`` | hash | ``{window}:{action}:{slot}`` → ``"{bucket}:{count}"``; ``last_ts``; ``category`` (items) |
+| ``{p}recent:{user}`` | list | last items the user acted on, newest first |
+| ``{p}sess:{user}`` | list | items acted on in the current session, oldest first |
+| ``{p}trending`` / ``{p}popular`` | sorted set | item → log of its forward-decayed action count |
+"""
+
+from __future__ import annotations
+
+
+def counters(prefix: str, kind: str, entity_id: str) -> str:
+    """Key of the window counters of a user (``kind="u"``), an item (``"i"``) or the whole stream (``"g"``)."""
+    return f"{prefix}c:g" if kind == "g" else f"{prefix}c:{kind}:{entity_id}"
+
+
+def recent(prefix: str, user_id: str) -> str:
+    return f"{prefix}recent:{user_id}"
+
+
+def session(prefix: str, user_id: str) -> str:
+    return f"{prefix}sess:{user_id}"
+
+
+def ranking(prefix: str, name: str) -> str:
+    return f"{prefix}{name}"
+
+
+def watermark(prefix: str) -> str:
+    return f"{prefix}wm"

@@ -1,0 +1,118 @@
+"""The one reader of real-time features, used by serving: many users or items in one round trip.
+
+Window counts are read at the store's watermark (the newest event time applied), so features of
+a replayed historical stream mean the same as those of a live one.
+
+Returned per entity: ``counts`` (``{"<action>_<window>": n}``), ``ctr_<window>`` for items and the
+stream (clicks / impressions, smoothed towards the stream's CTR with ``ctr_prior_strength``
+pseudo-impressions), ``last_ts``, and for users ``recent_items`` and ``session_items``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Sequence
+
+import redis
+
+from features import keys
+from features.config import FeatureConfig
+from features.windows import count_in_window
+
+
+class FeatureReader:
+    """Reads what :class:`features.writer.FeatureWriter` wrote (layout in features/keys.py)."""
+
+    def __init__(self, client: redis.Redis, config: FeatureConfig | None = None) -> None:
+        self.client = client
+        self.config = config or FeatureConfig()
+        self._windows = {w.name: w for w in self.config.windows}
+
+    def watermark(self) -> float:
+        """Newest event time applied so far (0 before the first event)."""
+        return float(self.client.get(keys.watermark(self.config.prefix)) or 0.0)
+
+    def users(self, user_ids: Sequence[str]) -> list[dict]:
+        """Features of each user, in order; unknown users get zero counts and empty lists."""
+        p = self.config.prefix
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.watermark(p))
+        for u in user_ids:
+            pipe.hgetall(keys.counters(p, "u", u))
+            pipe.lrange(keys.recent(p, u), 0, -1)
+            pipe.lrange(keys.session(p, u), 0, -1)
+        replies = pipe.execute()
+        wm = float(replies[0] or 0.0)
+        out = []
+        for n in range(len(user_ids)):
+            counters, recent, session = replies[1 + 3 * n: 4 + 3 * n]
+            features = self._counters(counters, wm)
+            features["recent_items"] = [r.decode() for r in recent]
+            features["session_items"] = [s.decode() for s in session]
+            out.append(features)
+        return out
+
+    def items(self, item_ids: Sequence[str]) -> list[dict]:
+        """Features of each item, in order, with smoothed CTRs and trending/popularity scores."""
+        p = self.config.prefix
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.watermark(p))
+        pipe.hgetall(keys.counters(p, "g", ""))
+        for i in item_ids:
+            pipe.hgetall(keys.counters(p, "i", i))
+        pipe.zmscore(keys.ranking(p, "trending"), list(item_ids) or [""])
+        pipe.zmscore(keys.ranking(p, "popular"), list(item_ids) or [""])
+        replies = pipe.execute()
+        wm = float(replies[0] or 0.0)
+        stream = self._counters(replies[1], wm)
+        trending, popular = replies[-2], replies[-1]
+        out = []
+        for n, counters in enumerate(replies[2:2 + len(item_ids)]):
+            features = self._counters(counters, wm)
+            features["category"] = counters.get(b"category", b"").decode() or None
+            for w in self.config.windows:
+                features[f"ctr_{w.name}"] = self._smoothed_ctr(features["counts"], stream["counts"], w.name)
+            features["trending"] = self._decayed(trending[n], self.config.trending_tau_s, wm)
+            features["popular"] = self._decayed(popular[n], self.config.popular_tau_s, wm)
+            out.append(features)
+        return out
+
+    def top(self, ranking: str, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best items of ``"trending"`` or ``"popular"`` with their decayed scores now."""
+        if ranking not in ("trending", "popular"):
+            raise ValueError(f"unknown ranking {ranking!r}")
+        tau = self.config.trending_tau_s if ranking == "trending" else self.config.popular_tau_s
+        wm = self.watermark()
+        rows = self.client.zrevrange(keys.ranking(self.config.prefix, ranking), 0, k - 1, withscores=True)
+        return [(item.decode(), self._decayed(score, tau, wm)) for item, score in rows]
+
+    def _counters(self, fields: dict[bytes, bytes], watermark: float) -> dict:
+        slots: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        last_ts = 0.0
+        for field, value in fields.items():
+            name = field.decode()
+            if name == "last_ts":
+                last_ts = float(value)
+            elif name.count(":") == 2:
+                window, action, _slot = name.split(":")
+                slots[(window, action)].append(value)
+        counts: dict[str, int] = {}
+        for (window, action), values in slots.items():
+            spec = self._windows.get(window)
+            if spec is not None:
+                counts[f"{action}_{window}"] = count_in_window(spec, values, watermark)
+        return {"counts": counts, "last_ts": last_ts}
+
+    def _smoothed_ctr(self, counts: dict[str, int], stream: dict[str, int], window: str) -> float:
+        """(clicks + a * p0) / (impressions + a), with p0 the stream's CTR over the same window."""
+        a = self.config.ctr_prior_strength
+        stream_imps = stream.get(f"impression_{window}", 0)
+        p0 = stream.get(f"click_{window}", 0) / stream_imps if stream_imps else 0.0
+        return (counts.get(f"click_{window}", 0) + a * p0) / (counts.get(f"impression_{window}", 0) + a)
+
+    @staticmethod
+    def _decayed(log_score: float | None, tau: float, watermark: float) -> float:
+        """The forward-decayed count exp(log_score - watermark / tau), 0 for items not ranked."""
+        return 0.0 if log_score is None else math.exp(min(log_score - watermark / tau, 50.0))
+
