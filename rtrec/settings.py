@@ -42,8 +42,18 @@ class Settings(BaseSettings):
     ps_shard: int = Field(0, ge=0, description="Index of this parameter-server shard.")
     ps_num_shards: int = Field(1, ge=1, description="Number of parameter-server shards.")
     ps_token: str = Field("", description="Shared token the parameter server requires; empty = none.")
+    ps_tables: str = Field("", description="JSON list of embedding-table configs; empty = the defaults.")
+    ps_max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="Largest RPC request body accepted.")
+    ps_snapshots_keep: int = Field(3, ge=1, description="Snapshots kept per shard.")
     snapshot_dir: Path = Field(Path("snapshots"), description="Where parameter-server snapshots go.")
     snapshot_interval_s: float = Field(60.0, gt=0, description="Seconds between periodic snapshots.")
+
+    # Stream workers
+    worker_group: str = Field("rtrec-worker", description="Kafka consumer group (Faust app id) of the workers.")
+    worker_batch_size: int = Field(1000, ge=1, description="Most events per micro-batch.")
+    worker_batch_within_s: float = Field(0.2, gt=0, description="Longest wait to fill a micro-batch.")
+    join_window_s: float = Field(300.0, gt=0, description="Event seconds an impression waits for an action.")
+    data_dir: Path = Field(Path(".rtrec-data"), description="Scratch folder of a worker (Faust's data dir).")
 
     # Serving
     http_host: str = Field("127.0.0.1", description="Address the serving HTTP API binds to.")
