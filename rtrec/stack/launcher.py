@@ -126,7 +126,8 @@ class LocalStack:
                 self.info.param_server.append(ready["param_server"])
         if component_available("stream_workers.main"):
             for n in range(opts.workers):
-                self._spawn(f"worker-{n}", ["worker"], ready_line=True)
+                self._spawn(f"worker-{n}", ["worker"], ready_line=True,
+                            extra={"RTREC_DATA_DIR": str(self.workdir / f"worker-{n}")})
         if component_available("serving.main"):
             ready = self._spawn("serving", ["serve"], ready_line=True, extra={"RTREC_HTTP_PORT": "0"})
             self.info.serving = ready["serving"]

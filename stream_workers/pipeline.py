@@ -1,0 +1,71 @@
+"""One micro-batch through the worker: validate → features → join → train.
+
+Plain synchronous code with no Kafka in it, so it is tested without a broker; the Faust app
+(``stream_workers/app.py``) only feeds it batches and ships the dead letters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from features.writer import FeatureWriter, WriteResult
+from rtrec.events import Event, action_label
+from stream_workers import metrics
+from stream_workers.joiner import Joiner, LabelledExample
+from stream_workers.validation import DeadLetter, split_batch
+
+log = logging.getLogger(__name__)
+
+TrainFn = Callable[[list[LabelledExample]], object]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did."""
+
+    events: int
+    dead_letters: list[DeadLetter]
+    features: WriteResult
+    examples: int
+
+
+class BatchPipeline:
+    """Processes consumed message values; ``train`` receives the examples the joiner completed."""
+
+    def __init__(self, writer: FeatureWriter, joiner: Joiner, train: TrainFn | None = None) -> None:
+        self.writer = writer
+        self.joiner = joiner
+        self.train = train
+
+    def process(self, values: Sequence[bytes | None]) -> BatchResult:
+        """Apply a batch; raises only if Redis or training fail (then the batch is not committed)."""
+        start = time.perf_counter()
+        events, dead = split_batch(values)
+        written = self.writer.write_many(events)
+        examples = self.joiner.add_many(events)
+        if examples and self.train is not None:
+            self.train(examples)
+        self._observe(events, dead, examples, time.perf_counter() - start, len(values))
+        metrics.JOINER_PENDING.set(self.joiner.pending)
+        return BatchResult(len(events), dead, written, len(examples))
+
+    @staticmethod
+    def _observe(events: list[Event], dead: list[DeadLetter], examples: list[LabelledExample],
+                 seconds: float, size: int) -> None:
+        counts: dict[str, int] = {}
+        for e in events:
+            label = action_label(e.action)
+            counts[label] = counts.get(label, 0) + 1
+        for action, n in counts.items():
+            metrics.EVENTS_CONSUMED.labels(action).inc(n)
+        metrics.EVENTS_DEAD_LETTERED.inc(len(dead))
+        positives = sum(1 for x in examples if x.label > 0)
+        metrics.EXAMPLES.labels("positive").inc(positives)
+        metrics.EXAMPLES.labels("negative").inc(len(examples) - positives)
+        metrics.BATCH_SIZE.observe(size)
+        metrics.BATCH_SECONDS.observe(seconds)
+        if events:
+            metrics.EVENT_LAG.set(time.time() - max(e.ts for e in events))
