@@ -53,6 +53,14 @@ class FeatureReader:
             out.append(features)
         return out
 
+    def stream(self) -> dict:
+        """Stream-wide features: counts per action and window over every event."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.watermark(self.config.prefix))
+        pipe.hgetall(keys.counters(self.config.prefix, "g", ""))
+        wm, counters = pipe.execute()
+        return self._counters(counters, float(wm or 0.0))
+
     def items(self, item_ids: Sequence[str]) -> list[dict]:
         """Features of each item, in order, with smoothed CTRs and trending/popularity scores."""
         p = self.config.prefix

@@ -19,7 +19,7 @@ import signal
 import sys
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from param_server.config import DEFAULT_TABLES, EmbeddingConfig, tables_from_json
 from param_server.metrics import ParamServerMetrics
@@ -29,6 +29,7 @@ from param_server.snapshot import latest_snapshot, read_snapshot
 from param_server.store import ParamStore
 from rtrec.errors import ImproperlyConfigured
 from rtrec.logs import configure_logging
+from rtrec.metrics_http import serve_metrics
 
 __all__ = ["main", "serve", "load_store"]
 
@@ -75,8 +76,7 @@ async def serve(settings: Any) -> None:
     server = ParamServer(store, settings.ps_host, settings.ps_port, settings.ps_token, limits, metrics,
                          snapshot_keep=settings.ps_snapshots_keep)
     host, port = await server.start()
-    http_server, _thread = start_http_server(settings.metrics_port, addr=settings.ps_host, registry=registry)
-    metrics_url = f"http://{host}:{http_server.server_port}/metrics"
+    metrics_url = serve_metrics(settings.metrics_port, settings.metrics_host, registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,7 +91,6 @@ async def serve(settings: Any) -> None:
         periodic.cancel()
         await server.close()
         await _snapshot_if_changed(server, metrics)
-        http_server.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 

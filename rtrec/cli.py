@@ -78,7 +78,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from rtrec.metrics_http import serve_metrics
 
     stop = StopFlag()
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     sim = ClickSimulator(SimulatorConfig(users=args.users, items=args.items, seed=args.seed))
     with _producer(settings) as producer:
         summary = run_simulation(sim, producer.send, args.rate, args.duration, should_stop=stop)

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     sync_interval_s: float = Field(2.0, gt=0, description="Seconds between sparse weight syncs.")
 
     # Every process
+    metrics_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds to.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = pick a free one.")
     log_level: str = Field("INFO", description="Python logging level name.")
 

@@ -27,7 +27,7 @@ def build_pipeline(settings: Settings) -> BatchPipeline:
 
 def main(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT; prints the ready line once the app has started."""
-    metrics_url = serve_metrics(settings.metrics_port)
+    metrics_url = serve_metrics(settings.metrics_port, settings.metrics_host)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, build_pipeline(settings))
 

@@ -185,7 +185,8 @@ def _read_ready_line(child: ManagedProcess, timeout_s: float) -> dict:
     def reader() -> None:
         stream = child.proc.stdout
         for raw in stream:
-            line = raw.decode(errors="replace").strip()
+            text = raw.decode(errors="replace")
+            line = text[text.find("{"):].strip() if "{" in text else ""  # Faust may prefix terminal codes
             if not result and line.startswith("{"):
                 try:
                     obj = json.loads(line)

@@ -1,0 +1,114 @@
+"""End-to-end ingestion: Kafka → stream workers → Redis features (+ examples), on the local stack.
+
+Starts the broker and Redis, N worker processes (`rtrec worker`), then produces a simulated stream
+as fast as the broker takes it, and measures until every event's effect is in Redis. Baseline in
+the same run: an aiokafka consumer that reads the same events and does nothing with them.
+``events_lost`` is checked against Redis itself: the stream-wide 24 h window count must equal the
+number of events sent.
+
+    python -m benchmarks.ingest [--events 200000] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+
+import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from benchmarks.common import report, total
+from features.reader import FeatureReader
+from producers.client import EventProducer
+from producers.simulator import ClickSimulator, SimulatorConfig
+from rtrec.settings import load_settings
+from rtrec.stack.launcher import LocalStack, StackOptions, _read_ready_line
+from rtrec.stack.process import ManagedProcess, free_port
+
+T0 = 1_700_000_000.0
+
+
+def simulated_events(n: int, seed: int = 0) -> list:
+    sim = ClickSimulator(SimulatorConfig(users=20_000, items=50_000, seed=seed))
+    per_request = sim.events_per_request()
+    events = sim.requests(int(n / per_request) + 1, T0, T0 + 600.0)  # 10 minutes of event time
+    return events[:n]
+
+
+def start_workers(stack: LocalStack, n: int) -> tuple[list[ManagedProcess], list[str]]:
+    workers, urls = [], []
+    for k in range(n):
+        env = stack.child_env(RTREC_METRICS_PORT=str(free_port()), RTREC_DATA_DIR=str(stack.workdir / f"w{k}"),
+                              RTREC_JOIN_WINDOW_S="30", RTREC_LOG_LEVEL="WARNING")
+        worker = ManagedProcess(f"worker-{k}", [sys.executable, "-m", "rtrec.cli", "worker"],
+                                stack.workdir / f"worker-{k}.log", env=env, stdout=subprocess.PIPE)
+        worker.start()
+        workers.append(worker)
+    for worker in workers:
+        urls.append(_read_ready_line(worker, 120)["metrics"])
+    return workers, urls
+
+
+async def raw_consume(bootstrap: str, topic: str, n: int) -> float:
+    """Events/s of a consumer that only reads (the speed limit of this broker and client)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        got, start = 0, time.perf_counter()
+        while got < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            got += sum(len(records) for records in batches.values())
+        return got / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    settings = load_settings(log_level="WARNING")
+    events = simulated_events(args.events)
+    print(f"generated {len(events):,} simulated events", flush=True)
+    with LocalStack(settings, StackOptions(components=False, simulate=False)) as stack:
+        workers, urls = start_workers(stack, args.workers)
+        print(f"{args.workers} worker(s) ready; producing", flush=True)
+        start = time.perf_counter()
+        with EventProducer(stack.info.kafka, settings.actions_topic, linger_ms=20, batch_bytes=1 << 20) as producer:
+            producer.send_many(events)
+        produced_s = time.perf_counter() - start
+        print(f"produced in {produced_s:.1f} s ({len(events) / produced_s:,.0f} events/s)", flush=True)
+        applied = 0.0
+        deadline = time.monotonic() + 600
+        while applied < len(events) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            applied = total(urls, "rtrec_features_events_applied_total")
+        elapsed = time.perf_counter() - start
+        examples = total(urls, "rtrec_worker_examples_total")
+        trained = total(urls, "rtrec_trainer_examples_total")
+        reader = FeatureReader(redis.Redis.from_url(stack.info.redis))
+        counted = sum(n for name, n in reader.stream()["counts"].items() if name.endswith("_24h"))
+        raw = asyncio.run(raw_consume(stack.info.kafka, settings.actions_topic, len(events)))
+        for worker in workers:
+            worker.stop()
+    events_per_s = len(events) / elapsed
+    print(f"end to end: {len(events):,} events in {elapsed:.1f} s = {events_per_s:,.0f} events/s; "
+          f"raw consumer {raw:,.0f} events/s; examples {examples:,.0f}, trained {trained:,.0f}")
+    report("ingest", {
+        "events": len(events), "workers": args.workers, "events_per_s": round(events_per_s),
+        "raw_consume_events_per_s": round(raw), "ratio_to_raw": round(events_per_s / raw, 3),
+        "events_lost": len(events) - counted, "examples": int(examples), "examples_trained": int(trained),
+        "seconds": round(elapsed, 2),
+    })
+
+
+if __name__ == "__main__":
+    main()
