@@ -77,7 +77,7 @@ class TrainerConfig:
         freq_half_life_steps: half-life (in batches) of the item frequencies behind log Q.
     """
 
-    lr: float = 2e-3
+    lr: float = 5e-3
     retrieval_weight: float = 1.0
     dense_sync_every: int = 20
     dense_mix: float = 0.5
@@ -205,7 +205,7 @@ def pull_rows(params: Any, parts: Sequence[tuple[np.ndarray, np.ndarray]], dim: 
         raise ValueError(f"the parameter server returned rows {rows.shape}, the model expects dim {dim}")
     leaf = torch.from_numpy(np.array(rows, dtype=np.float32, copy=not rows.flags.writeable))
     leaf.requires_grad_(requires_grad)
-    gathered = torch.cat([leaf, leaf.new_zeros(1, dim)])[torch.from_numpy(index)]
+    gathered = F.embedding(torch.from_numpy(index), torch.cat([leaf, leaf.new_zeros(1, dim)]))
     sizes = [int(np.size(ids)) for ids, _ in parts]
     fields = [chunk.reshape(*np.shape(ids), dim) for chunk, (ids, _) in zip(gathered.split(sizes), parts)]
     return _Pulled(uniq, leaf, fields)
