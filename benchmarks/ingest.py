@@ -80,7 +80,7 @@ def main() -> None:
     settings = load_settings(log_level="WARNING")
     events = simulated_events(args.events)
     print(f"generated {len(events):,} simulated events", flush=True)
-    with LocalStack(settings, StackOptions(components=False, simulate=False)) as stack:
+    with LocalStack(settings, StackOptions(simulate=False, workers=0)) as stack:  # broker, Redis, param server
         start = time.perf_counter()
         with EventProducer(stack.info.kafka, settings.actions_topic, linger_ms=20, batch_bytes=1 << 20) as producer:
             producer.send_many(events)
@@ -92,11 +92,14 @@ def main() -> None:
         applied = 0.0
         deadline = time.monotonic() + 600
         while applied < len(events) and time.monotonic() < deadline:
-            time.sleep(0.25)
+            time.sleep(1.0)  # scraping costs the workers CPU: not too often
             applied = total(urls, "rtrec_features_events_applied_total")
         elapsed = time.perf_counter() - start
         examples = total(urls, "rtrec_worker_examples_total")
-        trained = total(urls, "rtrec_trainer_examples_total")
+        deadline = time.monotonic() + 120  # the joiner's last examples are trained with the final batch
+        while (trained := total(urls, "rtrec_trainer_examples_total")) < examples and time.monotonic() < deadline:
+            time.sleep(1.0)
+            examples = total(urls, "rtrec_worker_examples_total")
         reader = FeatureReader(redis.Redis.from_url(stack.info.redis))
         counted = sum(n for name, n in reader.stream()["counts"].items() if name.endswith("_24h"))
         raw = asyncio.run(raw_consume(stack.info.kafka, settings.actions_topic, len(events)))

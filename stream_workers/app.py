@@ -53,8 +53,9 @@ def create_app(settings: Settings, pipeline: BatchPipeline) -> faust.App:
 
     @app.agent(actions, name="process")
     async def process(stream: faust.Stream) -> None:
-        async for values in stream.take(settings.worker_batch_size, within=settings.worker_batch_within_s):
-            result = await _process_with_retry(pipeline, values)
+        async for batch in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_within_s):
+            values = [event.message.value for event in batch]
+            result = await _process_with_retry(pipeline, values, next_offsets(batch))
             for letter in result.dead_letters:
                 await dlq.send(value=letter.to_json())
             if result.dead_letters:
@@ -64,12 +65,22 @@ def create_app(settings: Settings, pipeline: BatchPipeline) -> faust.App:
     return app
 
 
-async def _process_with_retry(pipeline: BatchPipeline, values: list) -> BatchResult:
+def next_offsets(batch: list) -> dict[str, dict[int, int]]:
+    """Topic → partition → the offset after the last message of ``batch`` (Kafka's commit convention)."""
+    out: dict[str, dict[int, int]] = {}
+    for event in batch:
+        message = event.message
+        partitions = out.setdefault(message.topic, {})
+        partitions[message.partition] = max(partitions.get(message.partition, 0), message.offset + 1)
+    return out
+
+
+async def _process_with_retry(pipeline: BatchPipeline, values: list, offsets: dict) -> BatchResult:
     """Run the pipeline until it succeeds: the batch stays unacknowledged (not lost) meanwhile."""
     attempt = 0
     while True:
         try:
-            return await asyncio.to_thread(pipeline.process, values)
+            return await asyncio.to_thread(pipeline.process, values, offsets)
         except (redis.RedisError, OSError, ConnectionError) as exc:
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
             metrics.BATCH_RETRIES.inc()

@@ -7,22 +7,33 @@ import json
 import logging
 
 import redis
+import torch
 from faust.worker import Worker
 
+from prometheus_client import REGISTRY
+
 from features.writer import FeatureWriter
+from param_server.sharding import ShardedClient
 from rtrec.metrics_http import serve_metrics
 from rtrec.settings import Settings
 from stream_workers.app import create_app
 from stream_workers.joiner import Joiner
 from stream_workers.pipeline import BatchPipeline
+from stream_workers.trainer import OnlineTrainer
+from stream_workers.training import TrainingStep
 
 log = logging.getLogger(__name__)
 
 
-def build_pipeline(settings: Settings) -> BatchPipeline:
-    """The worker's pipeline from settings (also used by benchmarks and tests)."""
+def build_pipeline(settings: Settings, train: bool = True) -> BatchPipeline:
+    """The worker's pipeline from settings; ``train=False`` leaves the parameter server out."""
     writer = FeatureWriter(redis.Redis.from_url(settings.redis_url))
-    return BatchPipeline(writer, Joiner(window_s=settings.join_window_s))
+    step = None
+    if train:
+        torch.set_num_threads(settings.torch_threads)  # the worker shares its cores with Redis and Kafka
+        params = ShardedClient.connect(settings.param_server_addrs, settings.ps_token)
+        step = TrainingStep(OnlineTrainer(params, registry=REGISTRY))
+    return BatchPipeline(writer, Joiner(window_s=settings.join_window_s), step)
 
 
 def main(settings: Settings) -> None:

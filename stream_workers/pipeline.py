@@ -2,14 +2,20 @@
 
 Plain synchronous code with no Kafka in it, so it is tested without a broker; the Faust app
 (``stream_workers/app.py``) only feeds it batches and ships the dead letters.
+
+The Redis write runs in a helper thread while the joiner and the trainer work: the feature
+script executes inside Redis (another process, another core), so the two overlap instead of
+adding up. If the write fails after training, the batch is retried whole: training is
+at-least-once, feature effects stay exactly-once (event_id idempotency).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from features.writer import FeatureWriter, WriteResult
 from rtrec.events import Event, action_label
@@ -19,7 +25,8 @@ from stream_workers.validation import DeadLetter, split_batch
 
 log = logging.getLogger(__name__)
 
-TrainFn = Callable[[list[LabelledExample]], object]
+#: ``train(examples, events, offsets)``: e.g. :class:`stream_workers.training.TrainingStep`.
+TrainFn = Callable[[list[LabelledExample], list[Event], Mapping[str, Mapping[int, int]] | None], object]
 
 
 @dataclass(frozen=True)
@@ -39,15 +46,24 @@ class BatchPipeline:
         self.writer = writer
         self.joiner = joiner
         self.train = train
+        self._redis_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer")
 
-    def process(self, values: Sequence[bytes | None]) -> BatchResult:
-        """Apply a batch; raises only if Redis or training fail (then the batch is not committed)."""
+    def process(self, values: Sequence[bytes | None],
+                offsets: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult:
+        """Apply a batch; raises only if Redis or training fail (then the batch is not committed).
+
+        ``offsets`` (topic → partition → next offset) are what this batch brings the consumer to;
+        they travel with the gradient push so parameter-server snapshots record them.
+        """
         start = time.perf_counter()
         events, dead = split_batch(values)
-        written = self.writer.write_many(events)
-        examples = self.joiner.add_many(events)
-        if examples and self.train is not None:
-            self.train(examples)
+        writing = self._redis_thread.submit(self.writer.write_many, events)
+        try:
+            examples = self.joiner.add_many(events)
+            if self.train is not None:
+                self.train(examples, events, offsets)
+        finally:
+            written = writing.result()  # re-raises a Redis error: the batch is then retried
         self._observe(events, dead, examples, time.perf_counter() - start, len(values))
         metrics.JOINER_PENDING.set(self.joiner.pending)
         return BatchResult(len(events), dead, written, len(examples))
