@@ -27,7 +27,7 @@ from features.reader import FeatureReader
 from producers.client import EventProducer
 from producers.simulator import ClickSimulator, SimulatorConfig
 from rtrec.settings import load_settings
-from rtrec.stack.launcher import LocalStack, StackOptions, _read_ready_line
+from rtrec.stack.launcher import LocalStack, StackOptions, read_ready_line
 from rtrec.stack.process import ManagedProcess, free_port
 
 T0 = 1_700_000_000.0
@@ -50,7 +50,7 @@ def start_workers(stack: LocalStack, n: int) -> tuple[list[ManagedProcess], list
         worker.start()
         workers.append(worker)
     for worker in workers:
-        urls.append(_read_ready_line(worker, 120)["metrics"])
+        urls.append(read_ready_line(worker, 120)["metrics"])
     return workers, urls
 
 

@@ -144,7 +144,7 @@ class LocalStack:
         self.children.append(child)
         proc = child.start()
         if ready_line:
-            ready = _read_ready_line(child, READY_TIMEOUT_S)
+            ready = read_ready_line(child, READY_TIMEOUT_S)
         else:
             wait_for_port("127.0.0.1", metrics_port, READY_TIMEOUT_S, proc)
             ready = {"metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
@@ -177,7 +177,7 @@ class LocalStack:
         self.stop()
 
 
-def _read_ready_line(child: ManagedProcess, timeout_s: float) -> dict:
+def read_ready_line(child: ManagedProcess, timeout_s: float) -> dict:
     """Read the child's first JSON ``{"ready": true, ...}`` line; later stdout goes to its log."""
     assert child.proc is not None and child.proc.stdout is not None
     result: dict = {}
