@@ -72,7 +72,6 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from producers.client import EventProducer
     from producers.simulate import run_simulation
     from producers.simulator import ClickSimulator, SimulatorConfig
     from rtrec.metrics_http import serve_metrics
@@ -87,7 +86,6 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from producers.client import EventProducer  # noqa: F401  (import errors surface before reading)
     from producers.replay import load_events, parse_columns, replay
 
     stop = StopFlag()
