@@ -3,23 +3,8 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of a /metrics endpoint as ``{"name{label=value,...}": value}`` plus plain ``name`` sums."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-            if labels:
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
+from rtrec.metrics_http import scrape
 
 
 def total(urls: list[str], name: str) -> float:

@@ -16,10 +16,13 @@ import time
 import urllib.request
 from collections import Counter, deque
 
+import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from features.reader import FeatureReader
 from rtrec.cli import StopFlag
 from rtrec.logs import configure_logging
+from rtrec.metrics_http import scrape
 from rtrec.settings import load_settings
 from rtrec.stack.launcher import LocalStack, ReadyInfo, StackOptions
 
@@ -36,17 +39,21 @@ def main() -> int:
     stop = StopFlag()
     stack = LocalStack(settings, StackOptions(simulate=True, simulate_rate=300.0))
     print("rtrec demo: starting the local stack (broker, Redis, components, simulator)...", flush=True)
+    print("  (a stream worker joins its Kafka consumer group in ~5 s; the first reports may be empty)",
+          flush=True)
     info = stack.start()
     watch = None
     try:
         _print_urls(info, stack)
         watch = StreamWatch(info.kafka, settings.actions_topic)
+        reader = FeatureReader(redis.Redis.from_url(info.redis))
         end = time.monotonic() + seconds
         while time.monotonic() < end and not stop.wait(min(REPORT_EVERY_S, end - time.monotonic())):
             if (failure := stack.check_children()) is not None:
                 print(f"a component died: {failure}", file=sys.stderr)
                 return 1
             print(watch.report(), flush=True)
+            print(_learning(info, reader), flush=True)
             if info.serving:
                 print(_recommendations(info.serving), flush=True)
         return 0
@@ -101,6 +108,25 @@ class StreamWatch:
         ctr = actions["click"] / max(actions["impression"], 1)
         return (f"[stream] {rate:7.0f} events/s  total {self.total:8d}  "
                 f"{dict(actions.most_common())}  CTR {ctr:.3f}  most clicked (60 s): {top}")
+
+
+def _learning(info: ReadyInfo, reader: FeatureReader) -> str:
+    """What the workers made of the stream: trending items in Redis, training progress."""
+    trending = ", ".join(f"{item} ({score:.1f})" for item, score in reader.top("trending", 5))
+    trained, auc, loss = 0.0, [], []
+    for url in info.metrics:
+        try:
+            metrics = scrape(url)
+        except OSError:
+            continue
+        trained += metrics.get("rtrec_trainer_examples_total", 0.0)
+        if "rtrec_trainer_auc" in metrics:
+            auc.append(metrics["rtrec_trainer_auc"])
+            loss.append(metrics["rtrec_trainer_loss"])
+    training = (f"trained on {trained:,.0f} examples, rolling click AUC "
+                f"{', '.join(f'{a:.3f}' for a in auc)}, loss {', '.join(f'{x:.3f}' for x in loss)}"
+                if auc else "no worker metrics yet")
+    return f"[learned] trending (Redis): {trending or '-'}\n[learned] {training}"
 
 
 def _recommendations(serving: str) -> str:

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     worker_group: str = Field("rtrec-worker", description="Kafka consumer group (Faust app id) of the workers.")
     worker_batch_size: int = Field(1000, ge=1, description="Most events per micro-batch.")
     worker_batch_within_s: float = Field(0.2, gt=0, description="Longest wait to fill a micro-batch.")
-    join_window_s: float = Field(300.0, gt=0, description="Event seconds an impression waits for an action.")
+    join_window_s: float = Field(60.0, gt=0, description="Event seconds an impression waits for an action.")
     torch_threads: int = Field(1, ge=1, description="CPU threads torch may use in a worker or serving process.")
     data_dir: Path = Field(Path(".rtrec-data"), description="Scratch folder of a worker (Faust's data dir).")
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import redis
 
-from benchmarks.common import scrape
 from features.ids import feature_ids
 from features.reader import FeatureReader
 from param_server.client import ParamServerClient
@@ -24,6 +23,7 @@ from param_server.config import DEFAULT_TABLES
 from producers.client import EventProducer
 from rtrec.events import Event
 from rtrec.stack.broker import ensure_topics
+from rtrec.metrics_http import scrape
 from rtrec.stack.launcher import read_ready_line
 from rtrec.stack.process import ManagedProcess
 from tests.kafka_helpers import consume_all
