@@ -72,6 +72,19 @@ async def raw_consume(bootstrap: str, topic: str, n: int) -> float:
         await consumer.stop()
 
 
+def faust_noop_rate(stack: LocalStack, n: int) -> float:
+    """Events/s of a Faust agent that does nothing (benchmarks/faust_noop.py), from its first batch."""
+    noop = ManagedProcess("faust-noop", [sys.executable, "-m", "benchmarks.faust_noop", "--events", str(n)],
+                          stack.workdir / "faust-noop.log", stdout=subprocess.PIPE,
+                          env=stack.child_env(RTREC_DATA_DIR=str(stack.workdir / "noop")))
+    noop.start()
+    try:
+        result = read_ready_line(noop, 300)
+        return result["events"] / result["seconds"]
+    finally:
+        noop.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
@@ -102,15 +115,18 @@ def main() -> None:
             examples = total(urls, "rtrec_worker_examples_total")
         reader = FeatureReader(redis.Redis.from_url(stack.info.redis))
         counted = sum(n for name, n in reader.stream()["counts"].items() if name.endswith("_24h"))
-        raw = asyncio.run(raw_consume(stack.info.kafka, settings.actions_topic, len(events)))
         for worker in workers:
             worker.stop()
+        raw = asyncio.run(raw_consume(stack.info.kafka, settings.actions_topic, len(events)))
+        faust_noop = faust_noop_rate(stack, len(events))
     events_per_s = len(events) / elapsed
     print(f"end to end: {len(events):,} events in {elapsed:.1f} s = {events_per_s:,.0f} events/s; "
-          f"raw consumer {raw:,.0f} events/s; examples {examples:,.0f}, trained {trained:,.0f}")
+          f"raw consumer {raw:,.0f} events/s; no-op Faust agent {faust_noop:,.0f} events/s; "
+          f"examples {examples:,.0f}, trained {trained:,.0f}")
     report("ingest", {
         "events": len(events), "workers": args.workers, "events_per_s": round(events_per_s),
         "raw_consume_events_per_s": round(raw), "ratio_to_raw": round(events_per_s / raw, 3),
+        "faust_noop_events_per_s": round(faust_noop), "ratio_to_faust_noop": round(events_per_s / faust_noop, 3),
         "events_lost": len(events) - counted, "examples": int(examples), "examples_trained": int(trained),
         "seconds": round(elapsed, 2),
     })
