@@ -36,7 +36,7 @@ T0 = 1_700_000_000.0
 def simulated_events(n: int, seed: int = 0) -> list:
     sim = ClickSimulator(SimulatorConfig(users=20_000, items=50_000, seed=seed))
     per_request = sim.events_per_request()
-    events = sim.requests(int(n / per_request) + 1, T0, T0 + 600.0)  # 10 minutes of event time
+    events = sim.requests(int(1.05 * n / per_request) + 1, T0, T0 + 600.0)  # 10 minutes of event time
     return events[:n]
 
 
