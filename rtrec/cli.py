@@ -115,14 +115,14 @@ def _producer(settings: Settings):
                          settings.producer_batch_bytes)
 
 
-def cmd_component(module: str, issue: str) -> Callable[[argparse.Namespace, Settings], int]:
+def cmd_component(name: str, module: str, issue: str) -> Callable[[argparse.Namespace, Settings], int]:
     """A subcommand that runs ``module.main(settings)``, or says which issue will bring it."""
 
     def run(_args: argparse.Namespace, settings: Settings) -> int:
         from rtrec.stack.launcher import component_available
 
         if not component_available(module):
-            log.error("%s is not built yet (%s)", module.split(".")[0], issue)
+            log.error("rtrec %s is not built yet (%s)", name, issue)
             return 2
         import importlib
 
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve", "serving.main", "issue 5", "run the serving HTTP API"),
         ("eval", "rtrec.evaluation", "issue 6", "prequential evaluation on logged data"),
     ):
-        sub.add_parser(name, help=text).set_defaults(func=cmd_component(module, issue))
+        sub.add_parser(name, help=text).set_defaults(func=cmd_component(name, module, issue))
     return parser
 
 
