@@ -18,21 +18,27 @@ for w = 1, nwin do
   i = i + 3
 end
 
-local function bump(key, field, b)
+local function bump(key, field, b, n)
   -- slot value "bucket:count": same bucket counts up, an older one is replaced, a newer one wins
   local cur = redis.call('HGET', key, field)
   if cur then
     local sep = string.find(cur, ':', 1, true)
     local eb = tonumber(string.sub(cur, 1, sep - 1))
     if eb == b then
-      redis.call('HSET', key, field, string.format('%d:%d', b, tonumber(string.sub(cur, sep + 1)) + 1))
+      redis.call('HSET', key, field, string.format('%d:%d', b, tonumber(string.sub(cur, sep + 1)) + n))
     elseif eb < b then
-      redis.call('HSET', key, field, string.format('%d:1', b))
+      redis.call('HSET', key, field, string.format('%d:%d', b, n))
     end
   else
-    redis.call('HSET', key, field, string.format('%d:1', b))
+    redis.call('HSET', key, field, string.format('%d:%d', b, n))
   end
 end
+
+-- Keys touched by this call get their TTL once, at the end, not once per event.
+local touched = {}
+-- Stream-wide counts are summed per (field, bucket) and applied once per call: applying the
+-- groups in ascending bucket order leaves the same slots as applying the events one by one.
+local stream_counts, stream_order = {}, {}
 
 local function log_add(zkey, item, x)
   -- forward decay: score = log(sum exp(ts / tau)), ranked identically to the decayed count at any time
@@ -55,12 +61,21 @@ for _, ev in ipairs(cjson.decode(ARGV[i])) do
     applied = applied + 1
     if ts > wm then wm = ts end
     local ukey, ikey = p .. 'c:u:' .. user, p .. 'c:i:' .. item
-    for _, key in ipairs({ukey, ikey, p .. 'c:g'}) do
-      for w = 1, nwin do
-        local b = math.floor(ts / wins[w][2])
-        bump(key, wins[w][1] .. ':' .. action .. ':' .. (b % wins[w][3]), b)
+    for w = 1, nwin do
+      local b = math.floor(ts / wins[w][2])
+      local field = wins[w][1] .. ':' .. action .. ':' .. (b % wins[w][3])
+      bump(ukey, field, b, 1)
+      bump(ikey, field, b, 1)
+      local group = field .. '@' .. b
+      if stream_counts[group] then
+        stream_counts[group][3] = stream_counts[group][3] + 1
+      else
+        stream_counts[group] = {field, b, 1}
+        table.insert(stream_order, stream_counts[group])
       end
     end
+    touched[ukey] = true
+    touched[ikey] = true
     if category ~= '' then redis.call('HSET', ikey, 'category', category) end
     if positive == 1 then
       local last = tonumber(redis.call('HGET', ukey, 'last_ts') or '0')
@@ -73,17 +88,18 @@ for _, ev in ipairs(cjson.decode(ARGV[i])) do
       local rkey = p .. 'recent:' .. user
       redis.call('LPUSH', rkey, item)
       redis.call('LTRIM', rkey, 0, recent_n - 1)
-      redis.call('EXPIRE', rkey, key_ttl)
+      touched[rkey] = true
       for _, z in ipairs(taus) do log_add(z[1], item, ts / z[2]) end
     end
-    redis.call('EXPIRE', ukey, key_ttl)
-    redis.call('EXPIRE', ikey, key_ttl)
   else
     dup = dup + 1
   end
 end
+table.sort(stream_order, function(x, y) return x[2] < y[2] end)
+for _, g in ipairs(stream_order) do bump(p .. 'c:g', g[1], g[2], g[3]) end
+touched[p .. 'c:g'] = true
+for key in pairs(touched) do redis.call('EXPIRE', key, key_ttl) end
 redis.call('SET', p .. 'wm', string.format('%.6f', wm))
-redis.call('EXPIRE', p .. 'c:g', key_ttl)
 for _, z in ipairs(taus) do
   local n = redis.call('ZCARD', z[1])
   if n > ranking_size then redis.call('ZREMRANGEBYRANK', z[1], 0, n - ranking_size - 1) end

@@ -71,6 +71,10 @@ def test_window_counts_equal_a_brute_force_recount(store) -> None:
             got = {name: n for name, n in features["counts"].items() if name.endswith(f"_{window.name}") and n}
             assert got == dict(expected)
             checked += sum(expected.values())
+        first, last = window.live_range(max(e.ts for e in events))
+        stream_expected = Counter(f"{e.action}_{window.name}" for e in events if first <= window.bucket(e.ts) <= last)
+        stream = {k: n for k, n in reader.stream()["counts"].items() if k.endswith(f"_{window.name}") and n}
+        assert stream == dict(stream_expected)
     assert checked > 1_000  # the windows really hold events, including late ones
 
 
