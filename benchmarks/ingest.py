@@ -115,6 +115,10 @@ def main() -> None:
             examples = total(urls, "rtrec_worker_examples_total")
         reader = FeatureReader(redis.Redis.from_url(stack.info.redis))
         counted = sum(n for name, n in reader.stream()["counts"].items() if name.endswith("_24h"))
+        batches = total(urls, "rtrec_worker_batch_size_count")
+        busy = total(urls, "rtrec_worker_batch_seconds_sum")
+        print(f"worker batches: {batches:,.0f}, mean size {len(events) / max(batches, 1):,.0f}, "
+              f"pipeline busy {busy:.1f} s of {time.perf_counter() - start:.1f} s", flush=True)
         for worker in workers:
             worker.stop()
         raw = asyncio.run(raw_consume(stack.info.kafka, settings.actions_topic, len(events)))

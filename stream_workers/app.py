@@ -1,22 +1,25 @@
 """The Faust app: wiring only. Consumes topic ``actions`` in micro-batches and hands each batch to
-:class:`stream_workers.pipeline.BatchPipeline`; dead letters go to ``actions.dlq``.
+the pipeline (:class:`stream_workers.pipeline.BatchPipeline`, or the same in a child process:
+:class:`stream_workers.pipeline_process.PipelineProcess`); dead letters go to ``actions.dlq``.
 
-Delivery is at-least-once: ``stream.take`` acknowledges a batch's messages only after the
+Delivery is at-least-once: ``stream.take_events`` acknowledges a batch's messages only after the
 pipeline returned, so a crash re-delivers the batch, and feature updates are idempotent by
-event_id. Redis and training work runs in a thread so the event loop keeps fetching.
+event_id. The pipeline call runs in a thread so the event loop keeps fetching meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Mapping, Protocol, Sequence
 
 import faust
 import redis
 
+from rtrec.errors import RtrecError
 from rtrec.settings import Settings
 from stream_workers import metrics
-from stream_workers.pipeline import BatchPipeline, BatchResult
+from stream_workers.pipeline import BatchResult
 
 #: Seconds between retries of a batch whose processing failed (Redis down, parameter server away).
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
@@ -29,7 +32,12 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip()]
 
 
-def create_app(settings: Settings, pipeline: BatchPipeline) -> faust.App:
+class Pipeline(Protocol):
+    def process(self, values: Sequence[bytes | None],
+                offsets: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult: ...
+
+
+def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     """A Faust app whose one agent runs ``pipeline`` over micro-batches of raw messages."""
     app = faust.App(
         settings.worker_group,
@@ -75,13 +83,13 @@ def next_offsets(batch: list) -> dict[str, dict[int, int]]:
     return out
 
 
-async def _process_with_retry(pipeline: BatchPipeline, values: list, offsets: dict) -> BatchResult:
+async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict) -> BatchResult:
     """Run the pipeline until it succeeds: the batch stays unacknowledged (not lost) meanwhile."""
     attempt = 0
     while True:
         try:
             return await asyncio.to_thread(pipeline.process, values, offsets)
-        except (redis.RedisError, OSError, ConnectionError) as exc:
+        except (redis.RedisError, OSError, RtrecError) as exc:
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
             metrics.BATCH_RETRIES.inc()
             log.error("batch of %d failed (%r); retrying in %.1f s", len(values), exc, delay)
