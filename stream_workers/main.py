@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def main(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT; prints the ready line once the app has started."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = PipelineProcess()
+    pipeline = PipelineProcess(settings.metrics_port)
     app = create_app(settings, pipeline)
 
     @app.task

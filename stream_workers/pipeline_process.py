@@ -23,6 +23,7 @@ import threading
 from typing import Mapping, Sequence
 
 from rtrec.errors import RtrecError
+from rtrec.stack.process import free_port
 from stream_workers.batch_frames import (decode_request, decode_result, encode_error, encode_request,
                                          encode_result, read_frame, write_frame)
 from stream_workers.pipeline import BatchResult
@@ -37,8 +38,10 @@ class PipelineError(RtrecError):
 class PipelineProcess:
     """Runs batches through a child pipeline process; restarts the child if it dies."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.env = env
+    def __init__(self, metrics_port: int = 0) -> None:
+        # One port for the life of the worker, so its metrics URL survives a child restart.
+        port = metrics_port or free_port()
+        self.env = {**os.environ, "RTREC_METRICS_PORT": str(port)}
         self.metrics_url = ""
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None

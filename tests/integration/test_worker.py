@@ -152,6 +152,26 @@ def test_redelivered_events_change_no_feature(pipeline: Pipeline) -> None:
     assert reader.users([f"{run}-u0", f"{run}-u1"]) == before
 
 
+def child_pids(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_a_killed_pipeline_process_is_restarted_and_no_event_is_lost(pipeline: Pipeline) -> None:
+    worker = next(p for p in pipeline.processes if p.name.startswith("worker"))
+    (child,) = child_pids(worker.pid)
+    os.kill(child, 9)
+    run = uuid.uuid4().hex[:6]
+    with EventProducer(pipeline.kafka, pipeline.topic) as producer:
+        producer.send_many(traffic(run, users=2))
+    reader = FeatureReader(redis.Redis.from_url(pipeline.redis_url))
+    wait_until(lambda: reader.users([f"{run}-u1"])[0]["counts"].get("click_24h") == 5, what="features after restart")
+    assert reader.users([f"{run}-u0"])[0]["counts"]["impression_24h"] == 10
+    assert child_pids(worker.pid) != [child]
+
+
 def test_a_second_worker_takes_over_part_of_the_partitions(pipeline: Pipeline) -> None:
     pipeline.add_worker()
     run = uuid.uuid4().hex[:6]
