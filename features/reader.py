@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from importlib import resources
 from typing import Sequence
 
+import numpy as np
 import redis
 
 from features import keys
 from features.config import FeatureConfig
 from features.windows import count_in_window
+
+COUNTS_SCRIPT = resources.files("features").joinpath("window_counts.lua").read_text()
 
 
 class FeatureReader:
@@ -28,6 +32,7 @@ class FeatureReader:
         self.client = client
         self.config = config or FeatureConfig()
         self._windows = {w.name: w for w in self.config.windows}
+        self._counts_script = client.register_script(COUNTS_SCRIPT)
 
     def watermark(self) -> float:
         """Newest event time applied so far (0 before the first event)."""
@@ -95,6 +100,29 @@ class FeatureReader:
         rows = self.client.zrevrange(keys.ranking(self.config.prefix, ranking), 0, k - 1, withscores=True)
         return [(item.decode(), self._decayed(score, tau, wm)) for item, score in rows]
 
+    def window_counts(self, kind: str, ids: Sequence[str], names: Sequence[str],
+                      pipe: redis.client.Pipeline | None = None) -> np.ndarray | None:
+        """Counts ``names`` (``"<action>_<window>"``) of users (``kind="u"``), items (``"i"``) or the
+        stream (``"g"``, one row), summed inside Redis: ``int64 (len(ids), len(names))``.
+
+        With ``pipe`` the call is queued there (returns None); decode its reply with
+        :func:`counts_array`. This is the fast path for many entities (serving, training).
+        """
+        if kind not in ("u", "i", "g"):
+            raise ValueError(f"kind must be u, i or g, got {kind!r}")
+        args: list = [self.config.prefix, kind, len(names)]
+        for name in names:
+            action, _, window = name.rpartition("_")
+            spec = self._windows.get(window)
+            if spec is None or not action:
+                raise ValueError(f"unknown count {name!r}: expected <action>_<window> with a configured window")
+            args += [window, action, spec.bucket_s, spec.slots]
+        args += ["-"] if kind == "g" else list(ids)
+        if pipe is not None:
+            self._counts_script(args=args, client=pipe)
+            return None
+        return counts_array(self._counts_script(args=args), len(names))
+
     def _counters(self, fields: dict[bytes, bytes], watermark: float) -> dict:
         slots: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         last_ts = 0.0
@@ -124,3 +152,8 @@ class FeatureReader:
         """The forward-decayed count exp(log_score - watermark / tau), 0 for items not ranked."""
         return 0.0 if log_score is None else math.exp(min(log_score - watermark / tau, 50.0))
 
+
+
+def counts_array(reply: Sequence[int], n_names: int) -> np.ndarray:
+    """A :meth:`FeatureReader.window_counts` reply as ``int64 (entities, n_names)``."""
+    return np.asarray(reply, dtype=np.int64).reshape(-1, n_names)

@@ -6,6 +6,7 @@ import redis
 import torch
 from prometheus_client import REGISTRY
 
+from features.reader import FeatureReader
 from features.writer import FeatureWriter
 from param_server.sharding import ShardedClient
 from rtrec.settings import Settings
@@ -17,10 +18,11 @@ from stream_workers.training import TrainingStep
 
 def build_pipeline(settings: Settings, train: bool = True) -> BatchPipeline:
     """The worker's pipeline from settings; ``train=False`` leaves the parameter server out."""
-    writer = FeatureWriter(redis.Redis.from_url(settings.redis_url))
+    client = redis.Redis.from_url(settings.redis_url)
+    writer = FeatureWriter(client)
     step = None
     if train:
         torch.set_num_threads(settings.torch_threads)  # the worker shares its cores with Redis and Kafka
         params = ShardedClient.connect(settings.param_server_addrs, settings.ps_token)
-        step = TrainingStep(OnlineTrainer(params, registry=REGISTRY))
+        step = TrainingStep(OnlineTrainer(params, registry=REGISTRY), reader=FeatureReader(client))
     return BatchPipeline(writer, Joiner(window_s=settings.join_window_s), step)

@@ -3,7 +3,8 @@
 Plain synchronous code with no Kafka in it, so it is tested without a broker; the Faust app
 (``stream_workers/app.py``) only feeds it batches and ships the dead letters.
 
-The Redis write runs in a helper thread while the joiner and the trainer work: the feature
+The trainer's example batch (with real-time features read as they were before this batch) is
+prepared first; then the Redis write runs in a helper thread while the trainer works: the feature
 script executes inside Redis (another process, another core), so the two overlap instead of
 adding up. If the write fails after training, the batch is retried whole: training is
 at-least-once, feature effects stay exactly-once (event_id idempotency).
@@ -15,7 +16,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from features.writer import FeatureWriter, WriteResult
 from rtrec.events import Event, action_label
@@ -25,8 +26,12 @@ from stream_workers.validation import DeadLetter, split_batch
 
 log = logging.getLogger(__name__)
 
-#: ``train(examples, events, offsets)``: e.g. :class:`stream_workers.training.TrainingStep`.
-TrainFn = Callable[[list[LabelledExample], list[Event], Mapping[str, Mapping[int, int]] | None], object]
+class Trainer(Protocol):
+    """What the pipeline trains with (:class:`stream_workers.training.TrainingStep`)."""
+
+    def prepare(self, examples: list[LabelledExample], events: list[Event]) -> Any: ...
+
+    def fit(self, batch: Any, offsets: Mapping[str, Mapping[int, int]] | None) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class BatchResult:
 class BatchPipeline:
     """Processes consumed message values; ``train`` receives the examples the joiner completed."""
 
-    def __init__(self, writer: FeatureWriter, joiner: Joiner, train: TrainFn | None = None) -> None:
+    def __init__(self, writer: FeatureWriter, joiner: Joiner, train: Trainer | None = None) -> None:
         self.writer = writer
         self.joiner = joiner
         self.train = train
@@ -57,11 +62,12 @@ class BatchPipeline:
         """
         start = time.perf_counter()
         events, dead = split_batch(values)
+        examples = self.joiner.add_many(events)
+        batch = self.train.prepare(examples, events) if self.train is not None else None  # features before this batch
         writing = self._redis_thread.submit(self.writer.write_many, events)
         try:
-            examples = self.joiner.add_many(events)
-            if self.train is not None:
-                self.train(examples, events, offsets)
+            if batch is not None:
+                self.train.fit(batch, offsets)  # type: ignore[union-attr]
         finally:
             written = writing.result()  # re-raises a Redis error: the batch is then retried
         self._observe(events, dead, examples, time.perf_counter() - start, len(values))

@@ -1,8 +1,10 @@
-"""The training step of a worker: the joiner's examples → example batches → one trainer update.
+"""The training step of a worker: the joiner's examples → one example batch → one trainer update.
 
 Joined impressions train as they are (label = an action followed); positive-only actions
 (ratings, clicks with no impression) get ``negatives_per_positive`` sampled negatives with log-Q
-correction. Each example sees the user's recent items as they were before this batch.
+correction. Each example sees the user's recent items and real-time features as they were before
+this batch: :meth:`TrainingStep.prepare` runs before the batch is applied to Redis,
+:meth:`TrainingStep.fit` after.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Mapping, Sequence
 
+import numpy as np
+
+from features.reader import FeatureReader
+from features.realtime import read_realtime_features
 from rtrec.events import Event
 from stream_workers.examples import ExampleBatch, RecentItems
 from stream_workers.joiner import LabelledExample
@@ -23,15 +29,26 @@ class TrainingStep:
     """Callable used by :class:`stream_workers.pipeline.BatchPipeline` to train on a batch."""
 
     def __init__(self, trainer: OnlineTrainer, negatives_per_positive: int = 4,
-                 recent: RecentItems | None = None, sampler: NegativeSampler | None = None) -> None:
+                 recent: RecentItems | None = None, sampler: NegativeSampler | None = None,
+                 reader: FeatureReader | None = None) -> None:
         self.trainer = trainer
+        self.reader = reader
         self.negatives_per_positive = negatives_per_positive
         self.recent = recent or RecentItems()
         self.sampler = sampler or NegativeSampler()
 
     def __call__(self, examples: Sequence[LabelledExample], events: Sequence[Event],
                  offsets: Mapping[str, Mapping[int, int]] | None = None) -> TrainStats | None:
-        """Train on ``examples``; ``events`` (the whole batch) update the users' recent items after."""
+        """prepare + fit, for callers that do not interleave the feature write."""
+        batch = self.prepare(examples, events)
+        return None if batch is None else self.fit(batch, offsets)
+
+    def fit(self, batch: ExampleBatch, offsets: Mapping[str, Mapping[int, int]] | None = None) -> TrainStats:
+        """One trainer update; ``offsets`` travel with the push into parameter-server snapshots."""
+        return self.trainer.train_many(batch, offsets=offsets)
+
+    def prepare(self, examples: Sequence[LabelledExample], events: Sequence[Event]) -> ExampleBatch | None:
+        """The example batch with recent items and real-time features as of before ``events``."""
         batches = []
         joined = [x for x in examples if x.joined]
         if joined:
@@ -46,4 +63,9 @@ class TrainingStep:
         if not batches:
             return None
         batch = batches[0] if len(batches) == 1 else ExampleBatch.concat(batches)
-        return self.trainer.train_many(batch, offsets=offsets)
+        return batch if self.reader is None else batch.with_dense(self._dense(batch))
+
+    def _dense(self, batch: ExampleBatch) -> np.ndarray:
+        """Real-time features of every row (one Redis round trip)."""
+        assert self.reader is not None
+        return read_realtime_features(self.reader, batch.users.astype(str).tolist(), batch.items.astype(str).tolist())

@@ -7,6 +7,7 @@ import random
 import uuid
 from collections import Counter
 
+import numpy as np
 import pytest
 import redis
 
@@ -144,3 +145,46 @@ def test_trending_ranks_recent_activity_above_old_activity(store) -> None:
     ranking = reader.top("trending", 2)
     assert [item for item, _ in ranking] == ["new-hit", "old-hit"]
     assert ranking[0][1] == pytest.approx(4.0, rel=0.01)  # decayed count at the watermark
+
+
+def test_window_counts_summed_in_redis_equal_the_readers_counts(store) -> None:
+    writer, reader, _ = store
+    events = random_events(2_000, seed=4)
+    writer.write_many(events)
+    users = [f"u{k}" for k in range(5)] + ["nobody"]
+    names = ["impression_1m", "click_10m", "like_10m"]
+    fast = reader.window_counts("u", users, names)
+    slow = reader.users(users)
+    assert fast.tolist() == [[u["counts"].get(n, 0) for n in names] for u in slow]
+    assert fast.sum() > 0
+    stream = reader.window_counts("g", [], names)
+    assert stream.tolist() == [[reader.stream()["counts"].get(n, 0) for n in names]]
+
+
+def test_unknown_count_name_is_a_value_error(store) -> None:
+    _, reader, _ = store
+    with pytest.raises(ValueError, match="unknown count"):
+        reader.window_counts("i", ["x"], ["click_3d"])
+
+
+def test_realtime_features_follow_the_readers_smoothed_values(redis_url: str) -> None:
+    from features.realtime import read_realtime_features
+    from rtrec.model import REALTIME_FEATURES
+
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+    client = redis.Redis.from_url(redis_url)
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    t = 1_700_000_000.0
+    events = [Event(f"i{k}", "ann", "hot" if k % 2 else "cold", "impression", t + k) for k in range(40)]
+    events += [Event(f"c{k}", "ann", "hot", "click", t + 50 + k) for k in range(6)]
+    writer.write_many(events)
+    x = read_realtime_features(reader, ["ann"], ["hot", "cold", "unseen"])
+    hot, cold, unseen = reader.items(["hot", "cold", "unseen"])
+    col = {name: k for k, name in enumerate(REALTIME_FEATURES)}
+    for row, item in enumerate((hot, cold, unseen)):
+        assert x[row, col["item_ctr_1h"]] == pytest.approx(item["ctr_1h"], rel=1e-5)
+        assert x[row, col["item_ctr_24h"]] == pytest.approx(item["ctr_24h"], rel=1e-5)
+        assert x[row, col["item_log_trending"]] == pytest.approx(np.log1p(item["trending"]), rel=1e-4)
+        assert x[row, col["item_log_impressions_1h"]] == pytest.approx(np.log1p(item["counts"].get("impression_1h", 0)))
+    assert x[:, col["user_log_clicks_1h"]].tolist() == pytest.approx([np.log1p(6)] * 3)
+    assert x[0, col["item_log_clicks_1h"]] == pytest.approx(np.log1p(6)) and x[1, col["item_log_clicks_1h"]] == 0
