@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # Serving
     http_host: str = Field("127.0.0.1", description="Address the serving HTTP API binds to.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the serving HTTP API.")
+    api_key: str = Field("", description="X-API-Key serving requires (not /healthz, /metrics, OpenAPI); empty = none.")
+    serving_ranked: int = Field(50, ge=1, le=300, description="Retrieved candidates ranked with real-time features.")
     sync_interval_s: float = Field(2.0, gt=0, description="Seconds between sparse weight syncs.")
 
     # Every process

@@ -1,0 +1,259 @@
+"""Benchmark of serving: /recommend latency under a fixed offered load, against /healthz of the same server.
+
+Set-up: the local stack's broker and Redis; one parameter-server process holding 100,000 items
+and 100,000 users (plus categories, contexts and dense weights); real-time features in Redis
+from simulated clicks (recent items per user, item counters, trending/popular); one serving
+process (``rtrec serve``) synced from the parameter server. An open-loop load generator
+(:mod:`benchmarks.loadgen`) in another process offers a fixed rate of /recommend (k = 10, users
+drawn over all 100,000) for ``--duration`` seconds and measures each latency from the request's
+scheduled send time (no coordinated omission); the same run first offers the same rate of
+/healthz (the baseline: HTTP stack and event loop without any recommendation work). The load
+generator is :mod:`benchmarks.loadgen`'s schedule on raw keep-alive sockets (see
+:func:`_open_loop_raw`: httpx itself could not offer 300/s on two cores next to the server).
+
+Run: ``python -m benchmarks.serving [--rate 300 --duration 30]``; the last line is JSON with
+``items, offered_qps, achieved_qps, p50_ms, p99_ms, errors, bare_p99_ms, p99_ratio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import redis
+
+from benchmarks.common import report
+from features.ids import feature_ids
+from features.writer import FeatureWriter
+from param_server.client import ParamServerClient
+from rtrec.events import Event
+from rtrec.metrics_http import scrape
+from rtrec.model import RecModel
+from rtrec.settings import load_settings
+from rtrec.stack.launcher import LocalStack, StackOptions
+
+ITEMS = 100_000
+USERS = 100_000
+CATEGORIES = 50
+CLICKS = 60_000  # simulated clicks written to Redis (recent items, counters, rankings)
+CHUNK = 65_536
+
+
+def _body(i: int) -> dict:
+    """Request ``i``'s body: users spread over all of them by a fixed permutation (cache-hostile)."""
+    return {"user_id": str((i * 7919) % USERS), "k": 10, "context": {"device": "ios"}}
+
+
+def _spawn(args: list[str], env: dict[str, str], log: IO[bytes], timeout_s: float) -> tuple[subprocess.Popen, dict]:
+    """Start ``rtrec <args>`` and read its JSON ready line."""
+    proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", *args], env=env, stdout=subprocess.PIPE, stderr=log)
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"rtrec {' '.join(args)} exited with {proc.wait()} before it was ready; log: {log.name}")
+        if line.lstrip().startswith(b"{") and json.loads(line).get("ready"):
+            return proc, json.loads(line)
+    raise RuntimeError(f"rtrec {' '.join(args)} not ready within {timeout_s} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def populate_params(addr: str) -> None:
+    """Rows for every item, user, category and context (zero gradients: initial values) and dense weights."""
+    host, port = addr.rsplit(":", 1)
+    with ParamServerClient(host, int(port)) as client:
+        now = time.time()
+        parts = [feature_ids(2, np.arange(ITEMS)), feature_ids(1, np.arange(USERS)), feature_ids(1, np.arange(USERS)),
+                 feature_ids(3, [f"c{j}" for j in range(CATEGORIES)]),
+                 feature_ids(4, ["device=ios", "device=android", "device=web"])]
+        for ids in parts:  # users twice: their table admits an ID on its second sighting
+            for lo in range(0, ids.size, CHUNK):
+                chunk = ids[lo:lo + CHUNK]
+                client.push_many(chunk, np.zeros((chunk.size, 16), dtype=np.float32), ts=now)
+        client.push_dense(RecModel().dense_arrays())
+        print(f"parameter server: {client.stats()['tables']}", file=sys.stderr)
+
+
+def populate_features(redis_url: str, rng: np.random.Generator) -> None:
+    """Simulated clicks (Zipf-popular items) of random users into the feature store."""
+    writer = FeatureWriter(redis.Redis.from_url(redis_url))
+    users = rng.integers(0, USERS, size=CLICKS)
+    items = (rng.zipf(1.2, size=CLICKS) - 1) % ITEMS
+    now = time.time()
+    events = [Event(f"bench-{n}", str(u), str(i), "click", now - CLICKS + n, item={"category": f"c{i % CATEGORIES}"})
+              for n, (u, i) in enumerate(zip(users.tolist(), items.tolist()))]  # per event: Event objects
+    for lo in range(0, len(events), 2000):
+        writer.write_many(events[lo:lo + 2000])
+
+
+def _wait_indexed(metrics_url: str, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    indexed = 0.0
+    while time.monotonic() < deadline:
+        indexed = scrape(metrics_url).get("rtrec_serving_index_items", 0.0)
+        if indexed >= ITEMS:
+            break
+        time.sleep(0.5)
+    return indexed
+
+
+def _request(url: str, body: dict | None) -> bytes:
+    """One pre-encoded HTTP/1.1 keep-alive request (GET without a body, else POST JSON)."""
+    parts = urlsplit(url)
+    if body is None:
+        return f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    data = json.dumps(body).encode()
+    head = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n")
+    return head.encode() + data
+
+
+async def _open_loop_raw(url: str, rate: float, duration_s: float, post: bool, timeout_s: float = 5.0) -> dict:
+    """The open-loop schedule of :mod:`benchmarks.loadgen` over raw keep-alive sockets.
+
+    httpx spends about 3 ms of CPU per request, so on two cores it cannot offer 300 requests/s
+    next to the server; pre-encoded requests on a pool of connections cost a tenth of that.
+    Request ``i`` is due at ``t0 + i / rate`` and its latency counts from then.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    n = int(rate * duration_s)
+    payloads = [_request(url, _body(i) if post else None) for i in range(n)]
+    latencies = np.full(n, np.nan)
+    errors = 0
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def one(i: int, due: float) -> None:
+        nonlocal errors
+        conn = idle.pop() if idle else await asyncio.open_connection(host, port)
+        reader, writer = conn
+        try:
+            writer.write(payloads[i])
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await asyncio.wait_for(reader.readexactly(length), timeout_s)
+            if int(head.split(b" ", 2)[1]) >= 400:
+                errors += 1
+            else:
+                latencies[i] = time.perf_counter() - due
+            idle.append(conn)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            errors += 1
+            writer.close()
+
+    start = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for _, writer in idle:
+        writer.close()
+    ok = latencies[~np.isnan(latencies)] * 1000.0
+    pct = (lambda q: round(float(np.percentile(ok, q)), 2)) if ok.size else (lambda q: float("nan"))
+    return {"offered_qps": rate, "achieved_qps": round(ok.size / elapsed, 1), "requests": n, "errors": errors,
+            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": pct(100)}
+
+
+def loadgen_main(argv: list[str]) -> None:
+    """``--loadgen URL RATE DURATION post|get``: one open-loop run in this process; prints its JSON."""
+    url, rate, duration, kind = argv[0], float(argv[1]), float(argv[2]), argv[3]
+    print(json.dumps(asyncio.run(_open_loop_raw(url, rate, duration, kind == "post"))), flush=True)
+
+
+def _load(url: str, rate: float, duration: float, kind: str) -> dict:
+    """Run the load generator in its own process (own GIL and event loop)."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--loadgen", url, str(rate), str(duration), kind],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
+        loadgen_main(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=300.0, help="offered requests/s (default 300)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per measured run (default 30)")
+    parser.add_argument("--no-impressions", action="store_true",
+                        help="serve without Kafka impression logging (to measure what it costs)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="rtrec-bench-serving-"))
+    settings = load_settings(log_level="WARNING")
+    stack = LocalStack(settings, StackOptions(components=False, simulate=False, workdir=workdir))
+    procs: list[subprocess.Popen] = []
+    try:
+        info = stack.start()
+        env = dict(os.environ, RTREC_KAFKA=info.kafka, RTREC_REDIS_URL=info.redis, RTREC_LOG_LEVEL="INFO",
+                   RTREC_METRICS_PORT="0", RTREC_SNAPSHOT_DIR=str(workdir / "snapshots"), RTREC_PS_PORT="0",
+                   RTREC_SNAPSHOT_INTERVAL_S="3600")
+        ps, ready = _spawn(["param-server"], env, (workdir / "param-server.log").open("wb"), 60)
+        procs.append(ps)
+        started = time.perf_counter()
+        populate_params(ready["param_server"])
+        populate_features(info.redis, np.random.default_rng(0))
+        print(f"populated {ITEMS} items, {USERS} users, {CLICKS} clicks in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr)
+
+        serve_env = dict(env, RTREC_PARAM_SERVERS=ready["param_server"], RTREC_HTTP_PORT="0")
+        if args.no_impressions:  # an unreachable broker: serving runs without its impression log
+            serve_env["RTREC_KAFKA"] = "127.0.0.1:1"
+        started = time.perf_counter()
+        server, served = _spawn(["serve"], serve_env, (workdir / "serving.log").open("wb"), 300)
+        procs.append(server)
+        indexed = _wait_indexed(served["metrics"], 120)
+        print(f"serving ready with {indexed:.0f} items indexed in {time.perf_counter() - started:.1f} s "
+              f"(log: {workdir / 'serving.log'})", file=sys.stderr)
+        base = served["serving"]
+        sample = httpx.post(f"{base}/recommend", json=_body(1)).json()
+        print(f"sample: {sample}", file=sys.stderr)
+
+        _load(f"{base}/recommend", min(args.rate, 100.0), 3.0, "post")  # warm-up
+        # The baseline first: a /recommend run that falls behind leaves a backlog in the server.
+        bare = _load(f"{base}/healthz", args.rate, args.duration, "get")
+        print(f"/healthz:   {bare}", file=sys.stderr)
+        rec = _load(f"{base}/recommend", args.rate, args.duration, "post")
+        print(f"/recommend: {rec}", file=sys.stderr)
+        report("serving", {
+            "items": int(indexed), "users": USERS, "offered_qps": rec["offered_qps"],
+            "achieved_qps": rec["achieved_qps"], "p50_ms": rec["p50_ms"], "p99_ms": rec["p99_ms"],
+            "errors": rec["errors"], "bare_p50_ms": bare["p50_ms"], "bare_p99_ms": bare["p99_ms"],
+            "bare_errors": bare["errors"],
+            "p99_ratio": round(rec["p99_ms"] / bare["p99_ms"], 2) if bare["p99_ms"] else None,
+            "impressions": not args.no_impressions,
+        })
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

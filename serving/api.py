@@ -1,0 +1,223 @@
+"""The HTTP API of serving (CONTRACT.md), a thin FastAPI layer over :mod:`serving.ranking`.
+
+Every error is a 4xx (or, for a bug, 500) JSON object ``{"error": "..."}``: FastAPI's own
+``{"detail": ...}`` bodies (validation 422, unknown route 404, wrong method 405) are rewritten by
+the exception handlers below. Request bodies are validated by pydantic models with size limits
+(``k`` <= 100, <= 1,000 item IDs, IDs of 1-256 characters, <= 32 context entries) and bodies over
+``MAX_BODY_BYTES`` are refused with 413 before parsing.
+
+With an API key configured, every endpoint except ``/healthz``, ``/metrics`` and the OpenAPI
+document requires the header ``X-API-Key``.
+
+Handlers are ``async def`` and do their (short, CPU-bound) work inline: one request at a time on
+the event loop, no thread hand-off per request; the sync loop runs in its own thread.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.impressions import ImpressionLog
+from serving.metrics import ServingMetrics
+from serving.ranking import RecentUsers, Recommender
+from serving.sync import SyncLoop
+
+__all__ = ["create_app", "Serving", "MAX_BODY_BYTES"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+EntityId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ContextValue = Annotated[str, StringConstraints(max_length=256)] | float | bool
+Context = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], ContextValue],
+                    Field(max_length=32)]
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    user_id: EntityId
+    k: int = Field(10, ge=1, le=100)
+    context: Context = Field(default_factory=dict)
+    exclude: list[EntityId] = Field(default_factory=list, max_length=1000)
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    user_id: EntityId
+    item_ids: list[EntityId] = Field(max_length=1000)
+    context: Context = Field(default_factory=dict)
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    model_version: int
+    items: list[ScoredItem]
+
+
+class ScoreResponse(BaseModel):
+    model_version: int
+    scores: list[float]
+
+
+class Neighbour(BaseModel):
+    id: str
+    score: float
+
+
+class EmbeddingResponse(BaseModel):
+    id: str
+    vector: list[float]
+    version: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model_version: int
+    synced_at: float
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+@dataclass
+class Serving:
+    """Everything the handlers use; built by :mod:`serving.main` (or a test)."""
+
+    recommender: Recommender
+    sync: SyncLoop
+    metrics: ServingMetrics
+    recent_users: RecentUsers
+    impressions: ImpressionLog | None = None
+    api_key: str = ""
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(serving: Serving) -> FastAPI:
+    """The FastAPI application over ``serving`` (routes per CONTRACT.md)."""
+    app = FastAPI(title="rtrec serving", version="1", responses={
+        400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+        413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+    rec, metrics = serving.recommender, serving.metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal error")
+
+    @app.middleware("http")
+    async def guard_and_time(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            response: Response = _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        elif serving.api_key and request.url.path not in OPEN_PATHS and not hmac.compare_digest(
+                request.headers.get("x-api-key", "").encode(), serving.api_key.encode()):
+            response = _error(401, "missing or wrong X-API-Key")
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        if response.status_code >= 400:
+            metrics.errors.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz", response_model=HealthResponse)
+    async def healthz() -> HealthResponse:
+        return HealthResponse(status="ok", model_version=serving.sync.model_version,
+                              synced_at=serving.sync.synced_at)
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest) -> RecommendResponse:
+        result = rec.recommend(body.user_id, body.k, body.context, body.exclude)
+        request_id = uuid.uuid4().hex
+        metrics.recommendations.labels("cold_start" if result.cold_start else "model").inc()
+        if result.user_vector is not None:
+            serving.recent_users.add(body.user_id, result.user_vector)
+        if serving.impressions is not None and result.items:
+            names = [name for name, _ in result.items]
+            cats = rec.catalog.categories(rec.catalog.feature_ids(names))
+            serving.impressions.log(request_id, body.user_id, list(zip(names, cats)), body.context)
+        return RecommendResponse(request_id=request_id, model_version=serving.sync.model_version,
+                                 items=[ScoredItem(item_id=n, score=s) for n, s in result.items])
+
+    @app.post("/score", response_model=ScoreResponse)
+    async def score(body: ScoreRequest) -> ScoreResponse:
+        scores = rec.score(body.user_id, body.item_ids, body.context)
+        return ScoreResponse(model_version=serving.sync.model_version, scores=[float(s) for s in scores])
+
+    @app.get("/similar/items/{item_id}")
+    async def similar_items(item_id: Annotated[str, Path(min_length=1, max_length=256)],
+                            k: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, list[Neighbour]]:
+        found = rec.similar_items(item_id, k)
+        if found is None:
+            raise HTTPException(404, f"unknown item {item_id!r}")
+        return {"items": [Neighbour(id=n, score=s) for n, s in found]}
+
+    @app.get("/similar/users/{user_id}")
+    async def similar_users(user_id: Annotated[str, Path(min_length=1, max_length=256)],
+                            k: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, list[Neighbour]]:
+        found = rec.similar_users(user_id, k, serving.recent_users)
+        if found is None:
+            raise HTTPException(404, f"unknown user {user_id!r}")
+        return {"users": [Neighbour(id=n, score=s) for n, s in found]}
+
+    @app.get("/embeddings/{kind}/{entity_id}", response_model=EmbeddingResponse)
+    async def embedding(kind: Literal["user", "item"],
+                        entity_id: Annotated[str, Path(min_length=1, max_length=256)]) -> EmbeddingResponse:
+        vector = rec.embedding(kind, entity_id)
+        if vector is None:
+            raise HTTPException(404, f"unknown {kind} {entity_id!r}")
+        return EmbeddingResponse(id=entity_id, vector=vector.tolist(), version=serving.sync.model_version)
+
+    @app.get("/features/{kind}/{entity_id}")
+    async def features(kind: Literal["user", "item"],
+                       entity_id: Annotated[str, Path(min_length=1, max_length=256)]) -> dict:
+        reader = rec.reader
+        values = reader.users([entity_id])[0] if kind == "user" else reader.items([entity_id])[0]
+        return {"id": entity_id, **values}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,88 @@
+"""The raw names and categories of the items serving can recommend, keyed by item feature ID.
+
+The parameter server knows items only by 64-bit feature ID, and string IDs are hashed into it
+(``features.ids``), so a synced row cannot be turned back into ``"i42"``. Serving learns names
+from what it sees: integer-like IDs (``"1193"``) decode exactly from their feature ID; other
+names come from the feature store (the trending/popular rankings, read every sync, with their
+categories) and from requests (``/score`` item IDs, users' recent items). Only named items enter
+the retrieval index; a category learned later re-embeds the item (the item tower reads it).
+
+>>> from features.ids import feature_ids
+>>> catalog = ItemCatalog(item_slot=2)
+>>> fids = feature_ids(2, ["i1", "7"])
+>>> catalog.learn(["i1"], ["shoes"]).tolist() == fids[:1].tolist()
+True
+>>> catalog.names(fids), catalog.categories(fids)
+(['i1', '7'], ['shoes', None])
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from features.ids import VALUE_BITS, feature_ids, is_hashed
+
+__all__ = ["ItemCatalog"]
+
+_VALUE_MASK = np.uint64((1 << VALUE_BITS) - 1)
+
+
+class ItemCatalog:
+    """Item feature ID <-> raw item ID, plus the last known category of each item."""
+
+    def __init__(self, item_slot: int) -> None:
+        self.item_slot = item_slot
+        self._names: dict[int, str] = {}
+        self._categories: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def learn(self, names: Sequence[str], categories: Sequence[str | None] | None = None) -> np.ndarray:
+        """Remember names (and categories, where given); returns the feature IDs whose entry changed."""
+        if not names:
+            return np.empty(0, dtype=np.uint64)
+        fids = feature_ids(self.item_slot, list(names))
+        cats = categories if categories is not None else [None] * len(names)
+        changed = []
+        with self._lock:
+            for fid, name, cat in zip(fids.tolist(), names, cats):  # per name: dict updates
+                if fid not in self._names:
+                    self._names[fid] = name
+                    changed.append(fid)
+                if cat and self._categories.get(fid) != cat:
+                    self._categories[fid] = cat
+                    changed.append(fid)
+        return np.unique(np.asarray(changed, dtype=np.uint64))
+
+    def learned(self, fids: np.ndarray) -> np.ndarray:
+        """Whether each feature ID was learned (by name; exactly decodable IDs may not be)."""
+        with self._lock:
+            return np.fromiter((f in self._names for f in np.asarray(fids, dtype=np.uint64).tolist()),
+                               dtype=bool, count=np.size(fids))
+
+    def known(self, fids: np.ndarray) -> np.ndarray:
+        """Whether each feature ID has a name (learned, or an exactly decodable integer)."""
+        return self.learned(fids) | ~is_hashed(np.asarray(fids, dtype=np.uint64))
+
+    def names(self, fids: np.ndarray) -> list[str | None]:
+        """The raw ID of each feature ID (None when unknown)."""
+        fids = np.asarray(fids, dtype=np.uint64)
+        exact = ~is_hashed(fids)
+        values = (fids & _VALUE_MASK).tolist()
+        with self._lock:
+            return [self._names.get(f) or (str(v) if e else None)
+                    for f, v, e in zip(fids.tolist(), values, exact.tolist())]
+
+    def categories(self, fids: np.ndarray) -> list[str | None]:
+        """The last known category of each item (None when unknown)."""
+        with self._lock:
+            return [self._categories.get(f) for f in np.asarray(fids, dtype=np.uint64).tolist()]
+
+    def feature_ids(self, names: Sequence[str]) -> np.ndarray:
+        """Feature IDs of raw item IDs (no lookup; names need not be known)."""
+        return feature_ids(self.item_slot, list(names))

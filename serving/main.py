@@ -1,0 +1,161 @@
+"""Run serving: ``main(settings)`` (wired to ``rtrec serve``).
+
+Start-up: connect to the parameter-server shards and Redis, sync once (so the first request
+already sees the model), start the sync thread, the impression log and the HTTP API on
+``settings.http_host:http_port`` (0 = a free port), then print exactly one JSON line to stdout::
+
+    {"ready": true, "serving": "http://127.0.0.1:P", "metrics": "http://127.0.0.1:M/metrics"}
+
+The Prometheus registry is served both on ``settings.metrics_port`` and at ``GET /metrics`` of the
+API. SIGTERM or SIGINT stops the server (uvicorn's handlers), then the sync thread and the
+impression log (flushed for at most a few seconds). Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import logging
+import socket
+import time
+from typing import Any, Callable, Sequence
+
+import faiss
+import redis
+import torch
+import uvicorn
+from kafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
+
+from features.reader import FeatureReader
+from param_server.config import DEFAULT_TABLES, EmbeddingConfig, tables_from_json
+from rtrec.errors import ImproperlyConfigured, RtrecError
+from rtrec.logs import configure_logging
+from rtrec.metrics_http import serve_metrics
+from rtrec.model import ModelConfig
+from serving.api import Serving, create_app
+from serving.catalog import ItemCatalog
+from serving.impressions import ImpressionLog
+from serving.index import ItemIndex
+from serving.metrics import ServingMetrics
+from serving.mirror import ParamMirror
+from serving.model_state import ModelHolder
+from serving.ranking import RankingConfig, RecentUsers, Recommender
+from serving.sync import SyncLoop
+from stream_workers.examples import ModelSlots
+
+__all__ = ["main", "build_serving"]
+
+log = logging.getLogger("serving")
+
+#: Every this many sparse syncs the dense weights are pulled too (Monolith: dense rarely).
+DENSE_EVERY = 10
+#: How long start-up retries the first sync before giving up.
+FIRST_SYNC_TIMEOUT_S = 60.0
+
+
+def build_serving(params: Any, reader: FeatureReader | None, registry: CollectorRegistry,
+                  tables: Sequence[EmbeddingConfig] = DEFAULT_TABLES, model_config: ModelConfig = ModelConfig(),
+                  sync_interval_s: float = 2.0, dense_every: int = DENSE_EVERY,
+                  send_impression: Callable[[dict], None] | None = None, api_key: str = "",
+                  ranking: RankingConfig = RankingConfig()) -> Serving:
+    """Wire mirror, model, index, sync loop and recommender over ``params`` (not synced, not started).
+
+    ``reader`` None (tests of the sync path only): no names are learned from the feature store and
+    the request flows, which read real-time features, cannot be used.
+    """
+    slots = ModelSlots.from_tables(tables)
+    metrics = ServingMetrics(registry)
+    mirror = ParamMirror(tables)
+    holder = ModelHolder(mirror, model_config, slots)
+    catalog = ItemCatalog(slots.item)
+    index = ItemIndex(model_config.tower_dim)
+    sync = SyncLoop(params, mirror, holder, catalog, index, metrics, reader, sync_interval_s, dense_every)
+    recommender = Recommender(mirror, holder, catalog, index, reader, slots, ranking)  # type: ignore[arg-type]
+    impressions = ImpressionLog(send_impression, metrics) if send_impression is not None else None
+    return Serving(recommender, sync, metrics, RecentUsers(model_config.tower_dim), impressions, api_key)
+
+
+def main(settings: Any) -> None:
+    """Run serving until SIGTERM/SIGINT (see the module docstring)."""
+    from param_server.sharding import ShardedClient
+    from producers.client import EventProducer
+
+    configure_logging(settings.log_level)
+    torch.set_num_threads(settings.torch_threads)
+    faiss.omp_set_num_threads(settings.torch_threads)  # one query at a time: OpenMP spinning only costs
+    tables = tables_from_json(settings.ps_tables) if settings.ps_tables else DEFAULT_TABLES
+    params = ShardedClient.connect(settings.param_server_addrs, settings.ps_token)
+    reader = FeatureReader(redis.Redis.from_url(settings.redis_url))
+    producer = None
+    try:
+        producer = EventProducer(settings.kafka, settings.actions_topic, settings.producer_linger_ms,
+                                 settings.producer_batch_bytes)
+    except KafkaError as exc:
+        log.error("cannot reach Kafka at %s (%r): serving WITHOUT impression logging", settings.kafka, exc)
+    registry = CollectorRegistry()
+    serving = build_serving(params, reader, registry, tables, sync_interval_s=settings.sync_interval_s,
+                            send_impression=producer.send_dict if producer is not None else None,
+                            api_key=settings.api_key,
+                            ranking=RankingConfig(ranked=settings.serving_ranked))
+    try:
+        _first_sync(serving.sync)
+        serving.sync.start()
+        metrics_url = serve_metrics(settings.metrics_port, settings.metrics_host, registry)
+        # uvicorn stops on SIGTERM and then re-raises it to the handler found at start; make that
+        # one ours (a log line), so the process does not die there but runs the clean-up below.
+        signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM: shutting down"))
+        asyncio.run(_serve_http(create_app(serving), settings.http_host, settings.http_port, metrics_url))
+    finally:
+        log.info("stopping: sync loop, impression log, connections")
+        serving.sync.stop()
+        if serving.impressions is not None:
+            serving.impressions.close()
+        if producer is not None:
+            try:
+                producer.flush(timeout_s=5.0)
+                producer.close()
+            except (KafkaError, RtrecError) as exc:
+                log.warning("impressions not all delivered at shutdown: %r", exc)
+        params.close()
+
+
+def _first_sync(sync: SyncLoop) -> None:
+    """Sync once, retrying while the parameter server or Redis is not reachable yet."""
+    deadline = time.monotonic() + FIRST_SYNC_TIMEOUT_S
+    while True:
+        try:
+            rows = sync.sync_once()
+            log.info("first sync: %d rows, version %s, %d items indexed", rows, sync.mirror.version, len(sync.index))
+            return
+        except (OSError, redis.RedisError) as exc:
+            if time.monotonic() > deadline:
+                raise ImproperlyConfigured(f"first sync failed for {FIRST_SYNC_TIMEOUT_S:.0f} s: {exc!r}") from exc
+            log.warning("first sync failed (%r); retrying", exc)
+            time.sleep(1.0)
+
+
+async def _serve_http(app: Any, host: str, port: int, metrics_url: str) -> None:
+    """Run uvicorn on a socket bound here (so port 0 gives a known port); print the ready line."""
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say so, and without
+    # it every response waits ~40 ms for Nagle + delayed ACK.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        url = f"http://{host}:{bound}"
+        print(json.dumps({"ready": True, "serving": url, "metrics": metrics_url}), flush=True)
+        log.info("serving at %s (docs at %s/docs), metrics at %s", url, url, metrics_url)
+    await task
+
+
+if __name__ == "__main__":
+    from rtrec.settings import load_settings
+
+    main(load_settings())

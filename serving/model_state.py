@@ -1,0 +1,96 @@
+"""The model serving runs: the shared :class:`RecModel` over the mirror, swapped whole on a dense sync.
+
+A request takes ``holder.current`` once and uses that :class:`ServingModel` to the end, so a
+dense-weight swap (a new model built beside the old one, then one reference assignment) never
+changes the weights under a request in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from features.ids import feature_ids
+from rtrec.model import ModelConfig, RecModel, SparseFields
+from serving.mirror import ParamMirror
+from stream_workers.examples import ModelSlots, context_strings, slot_ids
+from stream_workers.trainer import Scorer, pull_rows
+
+__all__ = ["ServingModel", "ModelHolder"]
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """One immutable model version: the scorer over the mirror and the dense version it loaded."""
+
+    scorer: Scorer
+    dense_version: Any
+
+    @property
+    def model(self) -> RecModel:
+        return self.scorer.model
+
+    def item_vectors(self, item_fids: np.ndarray, categories: Sequence[str | None]) -> np.ndarray:
+        """Item-tower vectors ``(n, D)`` of items given by feature ID (their rows from the mirror).
+
+        Equals ``Scorer.embed_items(names, categories)``, but needs no raw names, so every synced
+        item can be embedded.
+        """
+        slots: ModelSlots = self.scorer.slots
+        params = self.scorer.params
+        cats = np.array(["" if c is None else str(c) for c in categories], dtype=str) if len(categories) \
+            else np.array([], dtype=str)
+        cat_ids, cat_valid = slot_ids(slots.category, cats)
+        with torch.no_grad():
+            items = torch.from_numpy(params.pull_many(np.asarray(item_fids, dtype=np.uint64)))
+            cat_rows = np.zeros((cat_ids.size, slots.dim), dtype=np.float32)
+            if cat_valid.any():
+                cat_rows[cat_valid] = params.pull_many(cat_ids[cat_valid])
+            return self.model.item_vectors(items, torch.from_numpy(cat_rows)).numpy()
+
+
+    def score_candidates(self, user_id: str, recent: Sequence[str], context: Mapping[str, Any] | None,
+                         item_fids: np.ndarray, categories: Sequence[str | None], dense: np.ndarray) -> np.ndarray:
+        """Click probabilities ``(n,)`` of one user with ``n`` candidate items given by feature ID.
+
+        The same numbers as ``Scorer.score_many(ExampleBatch.for_scoring(...))``, but the user's
+        fields (user row, recent items, context) are mapped and pulled once and broadcast over
+        the candidates instead of being padded, hashed and gathered once per candidate.
+        """
+        slots, n = self.scorer.slots, len(item_fids)
+        user = feature_ids(slots.user, [user_id])
+        recent_ids, recent_valid = slot_ids(slots.item, np.array(list(recent) or [""], dtype=str))
+        ctx_ids, ctx_valid = slot_ids(slots.context, context_strings([context])[0])
+        cats = np.array(["" if c is None else str(c) for c in categories] or [""], dtype=str)[:n]
+        cat_ids, cat_valid = slot_ids(slots.category, cats)
+        with torch.no_grad():
+            pulled = pull_rows(self.scorer.params, [
+                (user, np.ones(1, dtype=bool)), (np.asarray(item_fids, dtype=np.uint64), np.ones(n, dtype=bool)),
+                (cat_ids, cat_valid), (ctx_ids, ctx_valid), (recent_ids, recent_valid)], slots.dim)
+            u, items, cat_rows, ctx, rec = pulled.fields
+            ctx_mask = torch.from_numpy(ctx_valid.astype(np.float32))[None].expand(n, -1)
+            rec_mask = torch.from_numpy(recent_valid.astype(np.float32))[None].expand(n, -1)
+            fields = SparseFields(u.expand(n, -1), items, cat_rows, ctx[None].expand(n, -1, -1), ctx_mask,
+                                  rec[None].expand(n, -1, -1), rec_mask)
+            logits = self.model(fields, torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))).logits
+            return torch.sigmoid(logits[:, 0]).numpy()
+
+
+class ModelHolder:
+    """Holds the current :class:`ServingModel`; :meth:`load_dense` builds a new one and swaps it in."""
+
+    def __init__(self, mirror: ParamMirror, config: ModelConfig, slots: ModelSlots) -> None:
+        self.mirror, self.config, self.slots = mirror, config, slots
+        self.current = ServingModel(Scorer(mirror, RecModel(config), slots), dense_version=None)
+
+    def load_dense(self, tensors: dict[str, np.ndarray], version: Any) -> ServingModel:
+        """Build a model with these dense weights (ValueError if they do not fit) and swap it in."""
+        model = RecModel(self.config)
+        model.load_dense_arrays(tensors)
+        model.eval()
+        fresh = ServingModel(Scorer(self.mirror, model, self.slots), dense_version=version)
+        self.current = fresh  # one reference assignment: requests in flight keep the old model
+        return fresh

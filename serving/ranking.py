@@ -1,0 +1,276 @@
+"""Ranking: the real-time feature vector, business rules, and the recommend/score flows.
+
+``/recommend`` for a known user::
+
+    user features (Redis) -> user vector (user tower over the mirror) -> top-N by FAISS
+      -> the best ``ranked`` not blocked -> item features (Redis, ONE call for all of them)
+      -> ranking head (click probability)
+      -> rules: drop excluded and already-acted-on items, cap items per category,
+         reserve a few slots for new items (exploration) -> top k
+
+A user without a row in the mirror gets the cold-start list: trending items, then popular ones,
+minus excluded and already-seen items. The pure pieces (:func:`realtime_features`,
+:func:`apply_rules`) do no I/O and are tested on their own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from features.ids import feature_ids
+from features.reader import FeatureReader
+from rtrec.model import REALTIME_FEATURES
+from serving.catalog import ItemCatalog
+from serving.index import ItemIndex
+from serving.mirror import ParamMirror
+from serving.model_state import ModelHolder
+from stream_workers.examples import ModelSlots
+
+__all__ = ["RankingConfig", "Recommendation", "Recommender", "realtime_features", "apply_rules"]
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """Knobs of ranking and its business rules.
+
+    Attributes:
+        candidates: items retrieved by the user vector (FAISS, exact inner product).
+        ranked: the best of them by retrieval score (after dropping blocked items) that get
+            real-time features from Redis and the ranking head; bounds the per-request Redis
+            and scoring work, which dominate latency (~0.1 ms per ranked item here).
+        max_category_share: at most ``max(1, ceil(share * k))`` items of one category in a list
+            (relaxed only when too few items remain to fill ``k``).
+        explore_share: share of the ``k`` slots (rounded down) given to new items -- candidates
+            without an impression in the last 24 h -- with the best scores among them.
+        recent_for_tower: the user's most recent items fed to the user tower.
+    """
+
+    candidates: int = 300
+    ranked: int = 50
+    max_category_share: float = 0.3
+    explore_share: float = 0.1
+    recent_for_tower: int = 20
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.ranked <= self.candidates or self.recent_for_tower < 0:
+            raise ValueError("need 1 <= ranked <= candidates and recent_for_tower >= 0")
+        if not 0 < self.max_category_share <= 1 or not 0 <= self.explore_share < 1:
+            raise ValueError("max_category_share must be in (0, 1] and explore_share in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A ranked list of (item_id, score), whether it is the cold-start list, and the user vector used."""
+
+    items: list[tuple[str, float]]
+    cold_start: bool
+    user_vector: np.ndarray | None = None
+
+
+def realtime_features(user: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The dense features :data:`rtrec.model.REALTIME_FEATURES` ``float32 (n, 8)``, from FeatureReader output.
+
+    Counts enter as ``log1p``; CTRs are the reader's smoothed values; absent values read as 0.
+
+    >>> z = realtime_features({"counts": {"click_1h": 1}}, [{"counts": {"impression_1h": 3}, "ctr_1h": 0.5}])
+    >>> z.astype(float).round(3).tolist()
+    [[1.386, 0.0, 0.5, 0.0, 0.0, 0.0, 0.693, 0.0]]
+    """
+    counts = [it.get("counts", {}) for it in items]
+    ucounts = user.get("counts", {})
+    columns = {  # per item: dict reads of the reader's output, a few hundred per request
+        "item_log_impressions_1h": [c.get("impression_1h", 0) for c in counts],
+        "item_log_clicks_1h": [c.get("click_1h", 0) for c in counts],
+        "item_ctr_1h": [it.get("ctr_1h", 0.0) for it in items],
+        "item_ctr_24h": [it.get("ctr_24h", 0.0) for it in items],
+        "item_log_trending": [it.get("trending", 0.0) for it in items],
+    }
+    out = np.zeros((len(items), len(REALTIME_FEATURES)), dtype=np.float32)
+    for col, name in enumerate(REALTIME_FEATURES):
+        if name in columns:
+            values = np.asarray(columns[name], dtype=np.float64)
+            out[:, col] = values if "_ctr_" in name else np.log1p(values)
+    out[:, REALTIME_FEATURES.index("user_log_impressions_24h")] = math.log1p(ucounts.get("impression_24h", 0))
+    out[:, REALTIME_FEATURES.index("user_log_clicks_1h")] = math.log1p(ucounts.get("click_1h", 0))
+    out[:, REALTIME_FEATURES.index("user_log_clicks_24h")] = math.log1p(ucounts.get("click_24h", 0))
+    return out
+
+
+def apply_rules(names: Sequence[str], scores: np.ndarray, categories: Sequence[str | None],
+                is_new: np.ndarray, blocked: set[str], k: int, max_per_category: int,
+                explore_slots: int) -> list[int]:
+    """Indices of the final list, best first: the business rules over scored candidates.
+
+    1. blocked names (excluded, already acted on) never appear;
+    2. ``k - explore_slots`` best items with at most ``max_per_category`` per category;
+    3. then up to ``explore_slots`` of the best new items not chosen yet (exploration);
+    4. if still short of ``k``, the best remaining items regardless of category.
+
+    >>> apply_rules(["a", "b", "c", "d"], np.array([4., 3., 2., 1.]), ["x", "x", "y", None],
+    ...             np.array([0, 0, 0, 1], bool), {"c"}, k=3, max_per_category=1, explore_slots=1)
+    [0, 3, 1]
+    """
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    allowed = [int(i) for i in order if names[i] not in blocked]  # per candidate: a few hundred
+    chosen: list[int] = []
+    taken: set[int] = set()
+    per_category: dict[str | None, int] = {}
+    for i in allowed:
+        if len(chosen) >= k - explore_slots:
+            break
+        cat = categories[i]
+        if cat is not None and per_category.get(cat, 0) >= max_per_category:
+            continue
+        per_category[cat] = per_category.get(cat, 0) + 1
+        chosen.append(i)
+        taken.add(i)
+    for i in [i for i in allowed if is_new[i] and i not in taken][:explore_slots]:
+        chosen.append(i)
+        taken.add(i)
+    for i in allowed:
+        if len(chosen) >= k:
+            break
+        if i not in taken:
+            chosen.append(i)
+            taken.add(i)
+    return chosen[:k]
+
+
+class Recommender:
+    """The request-side flows over the mirror, the model, the item index and the feature store."""
+
+    def __init__(self, mirror: ParamMirror, holder: ModelHolder, catalog: ItemCatalog, index: ItemIndex,
+                 reader: FeatureReader, slots: ModelSlots, config: RankingConfig = RankingConfig()) -> None:
+        self.mirror, self.holder, self.catalog, self.index = mirror, holder, catalog, index
+        self.reader, self.slots, self.config = reader, slots, config
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def user_known(self, user_id: str) -> bool:
+        return bool(self.mirror.contains(feature_ids(self.slots.user, [user_id]))[0])
+
+    def item_known(self, item_id: str) -> bool:
+        return bool(self.mirror.contains(feature_ids(self.slots.item, [item_id]))[0])
+
+    def recommend(self, user_id: str, k: int, context: Mapping[str, Any] | None,
+                  exclude: Sequence[str]) -> Recommendation:
+        """The top ``k`` items for the user (module docstring); never an excluded or seen item."""
+        user = self.reader.users([user_id])[0]
+        blocked = set(exclude) | set(user["recent_items"])
+        if not self.user_known(user_id):
+            return Recommendation(self._cold_start(k, blocked), cold_start=True)
+        model = self.holder.current
+        recent = user["recent_items"][: self.config.recent_for_tower]
+        user_vec = model.scorer.embed_users([user_id], [recent], [dict(context or {})])
+        _, labels = self.index.search(user_vec, min(self.config.candidates + len(blocked), 4096))
+        labels = labels[0][labels[0] >= 0]
+        names = self.catalog.names(labels.view(np.uint64))
+        keep = [i for i, n in enumerate(names) if n is not None and n not in blocked]
+        if not keep:
+            return Recommendation(self._cold_start(k, blocked), cold_start=True, user_vector=user_vec[0])
+        fids = labels.view(np.uint64)[keep][: self.config.ranked]
+        names = [names[i] for i in keep][: self.config.ranked]
+        items = self.reader.items(names)
+        fallback = self.catalog.categories(fids)
+        categories = [it.get("category") or f for it, f in zip(items, fallback)]
+        scores = model.score_candidates(user_id, recent, context, fids, categories, realtime_features(user, items))
+        is_new = np.array([it.get("counts", {}).get("impression_24h", 0) == 0 for it in items], dtype=bool)
+        cap = max(1, math.ceil(self.config.max_category_share * k))
+        explore = int(self.config.explore_share * k)
+        picked = apply_rules(names, scores, categories, is_new, blocked, k, cap, explore)
+        return Recommendation([(names[i], float(scores[i])) for i in picked], cold_start=False,
+                              user_vector=user_vec[0])
+
+    def score(self, user_id: str, item_ids: Sequence[str], context: Mapping[str, Any] | None) -> np.ndarray:
+        """Click probabilities of the given items for the user, in order (unknown IDs score as zero rows)."""
+        if not item_ids:
+            return np.empty(0, dtype=np.float32)
+        user = self.reader.users([user_id])[0]
+        items = self.reader.items(list(item_ids))
+        recent = user["recent_items"][: self.config.recent_for_tower]
+        categories = [it.get("category") for it in items]
+        fids = feature_ids(self.slots.item, list(item_ids))
+        return self.holder.current.score_candidates(user_id, recent, context, fids, categories,
+                                                    realtime_features(user, items))
+
+    def similar_items(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        """Items nearest to ``item_id`` by item-tower vector; None if the item is not synced."""
+        fid = feature_ids(self.slots.item, [item_id])
+        if not self.mirror.contains(fid)[0]:
+            return None
+        category = self.reader.items([item_id])[0].get("category") or self.catalog.categories(fid)[0]
+        query = self.holder.current.item_vectors(fid, [category])
+        scores, labels = self.index.search(query, k + 1)
+        names = self.catalog.names(labels[0][labels[0] >= 0].view(np.uint64))
+        out = [(n, float(s)) for n, s in zip(names, scores[0]) if n is not None and n != item_id]
+        return out[:k]
+
+    def similar_users(self, user_id: str, k: int, users: "RecentUsers") -> list[tuple[str, float]] | None:
+        """Recently served users nearest to ``user_id`` by user-tower vector; None if the user is not synced."""
+        if not self.user_known(user_id):
+            return None
+        recent = self.reader.users([user_id])[0]["recent_items"][: self.config.recent_for_tower]
+        query = self.holder.current.scorer.embed_users([user_id], [recent])[0]
+        return [(n, s) for n, s in users.nearest(query, k + 1) if n != user_id][:k]
+
+    def embedding(self, kind: str, entity_id: str) -> np.ndarray | None:
+        """The synced sparse row of a user or item (what the parameter server holds); None if unknown."""
+        fid = feature_ids(self.slots.user if kind == "user" else self.slots.item, [entity_id])
+        if not self.mirror.contains(fid)[0]:
+            return None
+        return self.mirror.pull_many(fid)[0]
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _cold_start(self, k: int, blocked: set[str]) -> list[tuple[str, float]]:
+        """Trending items, then popular ones, minus blocked items, with their decayed scores."""
+        out: list[tuple[str, float]] = []
+        seen: set[str] = set()
+        for ranking in ("trending", "popular"):
+            for name, score in self.reader.top(ranking, k + len(blocked)):
+                if name not in blocked and name not in seen:
+                    out.append((name, score))
+                    seen.add(name)
+                if len(out) >= k:
+                    return out
+        return out
+
+
+class RecentUsers:
+    """The user-tower vectors of the last ``capacity`` users served, for ``/similar/users``.
+
+    Users are known to serving by name only when they call it (their IDs are hashed in the
+    parameter server), so "similar users" are searched among recently served users.
+    """
+
+    def __init__(self, dim: int, capacity: int = 50_000) -> None:
+        self.vectors = np.zeros((capacity, dim), dtype=np.float32)
+        self.names: list[str | None] = [None] * capacity
+        self._slot: dict[str, int] = {}
+        self._next = 0
+
+    def add(self, name: str, vector: np.ndarray) -> None:
+        """Remember (or refresh) a user's vector; the oldest entry is overwritten when full."""
+        slot = self._slot.get(name)
+        if slot is None:
+            slot = self._next
+            self._next = (self._next + 1) % len(self.names)
+            old = self.names[slot]
+            if old is not None:
+                del self._slot[old]
+            self.names[slot] = name
+            self._slot[name] = slot
+        self.vectors[slot] = vector
+
+    def nearest(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+        n = len(self._slot)
+        if n == 0:
+            return []
+        filled = self.vectors[:n] if n < len(self.names) else self.vectors
+        scores = filled @ np.asarray(query, dtype=np.float32)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(self.names[i], float(scores[i])) for i in top if self.names[i] is not None]

@@ -1,0 +1,186 @@
+"""The sync loop: every ``interval_s`` pull the rows changed since the last sync, apply, re-index.
+
+One :meth:`SyncLoop.sync_once`:
+
+1. ``delta(since)`` from the parameter server (all shards through the sharded client) and apply
+   it to the mirror (evictions, then upserts; a ``full`` delta replaces a table);
+2. every ``dense_every``-th sync (and the first), ``pull_dense``: a new model is built beside the
+   old one and swapped in by one reference assignment, then every item is re-embedded into a new
+   index that replaces the old one (the item tower changed, so every vector did);
+3. otherwise only the items whose rows changed (or whose name/category was just learned) are
+   re-embedded and upserted into the index, and evicted items are removed from it;
+4. item names: the trending/popular rankings of the feature store are read (their categories in
+   one more call for the names not seen before), see :mod:`serving.catalog`.
+
+A failed sync logs, counts ``rtrec_serving_sync_errors`` and leaves the previous state serving;
+items it could not re-index are retried on the next sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import redis
+
+from features.reader import FeatureReader
+from rtrec.errors import RtrecError
+from serving.catalog import ItemCatalog
+from serving.index import ItemIndex, as_faiss_ids
+from serving.metrics import ServingMetrics
+from serving.mirror import ParamMirror
+from serving.model_state import ModelHolder
+
+__all__ = ["SyncLoop", "version_number"]
+
+log = logging.getLogger(__name__)
+
+#: Items read from each feature-store ranking per sync to learn item names: the head of each
+#: ranking, small enough that a sync holds the GIL for ~1 ms here, not tens of ms.
+RANKING_NAMES = 2_000
+#: Re-embed items in chunks of this many (bounds the memory of one tower pass).
+EMBED_CHUNK = 65_536
+
+
+def version_number(cursor: Any) -> int:
+    """A delta cursor as one int for the API and metrics: the sum over shards (monotonic).
+
+    >>> version_number(7), version_number((3, 4))
+    (7, 7)
+    """
+    return int(sum(cursor)) if isinstance(cursor, (tuple, list)) else int(cursor)
+
+
+class SyncLoop:
+    """Keeps the mirror, the model and the item index in step with the parameter server."""
+
+    def __init__(self, params: Any, mirror: ParamMirror, holder: ModelHolder, catalog: ItemCatalog,
+                 index: ItemIndex, metrics: ServingMetrics, reader: FeatureReader | None = None,
+                 interval_s: float = 2.0, dense_every: int = 10) -> None:
+        if interval_s <= 0 or dense_every < 1:
+            raise ValueError("interval_s must be > 0 and dense_every >= 1")
+        self.params, self.mirror, self.holder, self.catalog = params, mirror, holder, catalog
+        self.index, self.metrics, self.reader = index, metrics, reader
+        self.interval_s, self.dense_every = interval_s, dense_every
+        self.syncs = 0
+        self.synced_at = 0.0
+        self._item_table = "item_id"
+        self._pending = np.empty(0, dtype=np.uint64)  # item IDs still to (re-)embed
+        self._pending_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def model_version(self) -> int:
+        return version_number(self.mirror.version)
+
+    def note_items(self, fids: np.ndarray) -> None:
+        """Ask for these items to be (re-)embedded on the next sync (e.g. names learned from a request)."""
+        if np.size(fids):
+            with self._pending_lock:
+                self._pending = np.union1d(self._pending, np.asarray(fids, dtype=np.uint64))
+
+    def sync_once(self) -> int:
+        """One sync (see the module docstring); returns the rows applied."""
+        with self._sync_lock:
+            start = time.perf_counter()
+            delta = self.params.delta(self.mirror.version)
+            applied = self.mirror.apply(delta)
+            changed = applied.changed.get(self._item_table, np.empty(0, dtype=np.uint64))
+            removed = applied.removed.get(self._item_table, np.empty(0, dtype=np.uint64))
+            self.note_items(changed)
+            self._learn_names()
+            dense_loaded = self.syncs % self.dense_every == 0 and self._load_dense()
+            if dense_loaded:
+                self._reindex_all()
+            else:
+                self._reindex(removed)
+            self.syncs += 1
+            self.synced_at = time.time()
+            evicted = int(sum(r.size for r in applied.removed.values()))
+            self.metrics.observe_sync(self.model_version, applied.rows, evicted, time.perf_counter() - start)
+            self.metrics.index_items.set(len(self.index))
+            if applied.rows or evicted:
+                log.debug("sync %d: %d rows, %d evicted, version %s, %d items indexed", self.syncs,
+                          applied.rows, evicted, self.mirror.version, len(self.index))
+            return applied.rows
+
+    # -- the background thread -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Sync every ``interval_s`` in a daemon thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="serving-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sync_once()
+            except (OSError, ValueError, RtrecError, redis.RedisError):
+                self.metrics.sync_errors.inc()
+                log.exception("sync failed at version %s (last success %.1f s ago); serving the old state",
+                              self.mirror.version, time.time() - self.synced_at if self.synced_at else -1)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _load_dense(self) -> bool:
+        """Pull the dense weights and swap in a model with them; False when the server has none yet."""
+        try:
+            dense = self.params.pull_dense(self.holder.current.model.dense_names())
+        except ValueError:
+            log.info("the parameter server has no dense weights yet; serving the initial model")
+            return False
+        if dense.version == self.holder.current.dense_version:
+            return False
+        self.holder.load_dense(dense.tensors, dense.version)
+        self.metrics.dense_version.set(version_number(dense.version))
+        log.info("loaded dense weights version %s", dense.version)
+        return True
+
+    def _learn_names(self) -> None:
+        """Learn item names (and categories) from the feature store's rankings; mark them for indexing."""
+        if self.reader is None:
+            return
+        names = {n for ranking in ("trending", "popular") for n, _ in self.reader.top(ranking, RANKING_NAMES)}
+        fids = self.catalog.feature_ids(sorted(names)) if names else np.empty(0, dtype=np.uint64)
+        new = [n for n, learned in zip(sorted(names), self.catalog.learned(fids)) if not learned]
+        if new:
+            categories = [f.get("category") for f in self.reader.items(new)]
+            self.note_items(self.catalog.learn(new, categories))
+
+    def _reindex(self, removed: np.ndarray) -> None:
+        """Re-embed the pending items that are synced and named; drop removed items from the index."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, np.empty(0, dtype=np.uint64)
+        try:
+            self.index.remove(as_faiss_ids(removed))
+            keep = self.mirror.table(self._item_table).contains(pending) & self.catalog.known(pending)
+            fids = pending[keep]
+            for lo in range(0, fids.size, EMBED_CHUNK):
+                chunk = fids[lo:lo + EMBED_CHUNK]
+                vectors = self.holder.current.item_vectors(chunk, self.catalog.categories(chunk))
+                self.index.upsert(as_faiss_ids(chunk), vectors)
+        except BaseException:
+            self.note_items(pending)  # retried on the next sync
+            raise
+
+    def _reindex_all(self) -> None:
+        """Every named, synced item embedded by the current model into a fresh index, then swapped in."""
+        with self._pending_lock:
+            self._pending = np.empty(0, dtype=np.uint64)
+        fids = self.mirror.table(self._item_table).ids()
+        fids = np.sort(fids[self.catalog.known(fids)])
+        fresh = ItemIndex(self.index.dim)
+        for lo in range(0, fids.size, EMBED_CHUNK):
+            chunk = fids[lo:lo + EMBED_CHUNK]
+            fresh.upsert(as_faiss_ids(chunk), self.holder.current.item_vectors(chunk, self.catalog.categories(chunk)))
+        self.index.swap_from(fresh)

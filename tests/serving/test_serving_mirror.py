@@ -1,0 +1,109 @@
+"""The mirror and the item index follow the parameter server through deltas."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from param_server.store import ParamStore
+from param_server.table import TableDelta
+from param_server.store import Delta
+from serving.index import ItemIndex, as_faiss_ids
+from serving.main import build_serving
+from serving.mirror import ParamMirror
+from serving_fixtures import T0, Trained, clicks_of, item_rows, train
+
+
+def assert_mirror_equals_store(mirror: ParamMirror, store: ParamStore) -> None:
+    for name, table in store.tables.items():
+        ids = table.delta(0).ids
+        assert len(mirror.table(name)) == len(table) == ids.size
+        np.testing.assert_array_equal(mirror.pull_many(ids), store.pull_many(ids))
+
+
+def test_mirror_after_sync_equals_store_rows(trained: Trained) -> None:
+    mirror = ParamMirror()
+    mirror.apply(trained.store.delta(mirror.version))
+    assert_mirror_equals_store(mirror, trained.store)
+    assert mirror.version == trained.store.version
+
+
+def test_incremental_deltas_equal_a_full_copy(trained: Trained) -> None:
+    mirror = ParamMirror()
+    mirror.apply(trained.store.delta(0))
+    train(trained.trainer, clicks_of("u1", ["i1", "i2", "i3"], T0 + 700))
+    applied = mirror.apply(trained.store.delta(mirror.version))
+    assert 0 < applied.rows < sum(len(t) for t in trained.store.tables.values())
+    assert_mirror_equals_store(mirror, trained.store)
+
+
+def test_evicted_rows_leave_the_mirror(trained: Trained) -> None:
+    mirror = ParamMirror()
+    mirror.apply(trained.store.delta(0))
+    before = len(mirror.table("item_id"))
+    evicted = trained.store.expire(now=T0 + 365 * 86400.0)
+    applied = mirror.apply(trained.store.delta(mirror.version))
+    assert evicted > 0 and len(mirror.table("item_id")) == 0 < before
+    assert applied.removed["item_id"].size == before
+    assert_mirror_equals_store(mirror, trained.store)
+
+
+def test_full_delta_replaces_the_table() -> None:
+    mirror = ParamMirror()
+    ids = np.array([2 << 56 | 1, 2 << 56 | 2], dtype=np.uint64)
+    rows = np.ones((2, 16), dtype=np.float32)
+    empty = np.empty(0, dtype=np.uint64)
+    mirror.apply(Delta(1, {"item_id": TableDelta(ids, rows, empty)}))
+    applied = mirror.apply(Delta(2, {"item_id": TableDelta(ids[1:], 2 * rows[1:], empty, full=True)}))
+    assert applied.removed["item_id"].tolist() == ids[:1].tolist()
+    assert mirror.contains(ids).tolist() == [False, True]
+    assert mirror.pull_many(ids)[1].tolist() == [2.0] * 16
+
+
+def test_index_upsert_replaces_and_remove_forgets() -> None:
+    index = ItemIndex(dim=2)
+    ids = np.array([1, 2, 3], dtype=np.int64)
+    index.upsert(ids, np.eye(3, 2, dtype=np.float32))
+    index.upsert(np.array([1], dtype=np.int64), np.array([[0.0, -1.0]], dtype=np.float32))
+    assert len(index) == 3
+    scores, found = index.search(np.array([[0.0, -1.0]], dtype=np.float32), 1)
+    assert found.tolist() == [[1]] and scores.tolist() == [[1.0]]
+    index.remove(np.array([1, 9], dtype=np.int64))
+    assert len(index) == 2 and 1 not in index.search(np.array([[0.0, -1.0]], dtype=np.float32), 3)[1]
+
+
+def test_sync_indexes_named_items_and_evictions_remove_them(trained: Trained) -> None:
+    serving = build_serving(trained.store, reader=None, registry=CollectorRegistry())
+    sync = serving.sync
+    names = sorted({e.item_id for e in trained.events})
+    sync.catalog.learn(names, None)
+    sync.sync_once()
+    ids, _ = item_rows(trained.store)
+    assert len(sync.index) == ids.size > 0
+    vectors = serving.sync.holder.current.item_vectors(ids[:5], [None] * 5)
+    _, found = sync.index.search(vectors, 1)
+    assert found[:, 0].tolist() == as_faiss_ids(ids[:5]).tolist()
+
+    trained.store.expire(now=T0 + 365 * 86400.0)
+    sync.sync_once()
+    assert len(sync.index) == 0
+    assert sync.metrics.rows_evicted._value.get() >= ids.size
+
+
+def test_serving_fast_paths_equal_the_scorer(trained: Trained) -> None:
+    """score_candidates / item_vectors over the mirror give the Scorer's numbers over the store."""
+    from stream_workers.examples import ExampleBatch
+    from stream_workers.trainer import Scorer
+
+    serving = build_serving(trained.store, None, CollectorRegistry(), dense_every=1)
+    serving.sync.sync_once()
+    model = serving.sync.holder.current
+    reference = Scorer(trained.store, model.model, model.scorer.slots)
+    items, cats = ["i1", "i5", "i9", "nope"], ["c1", None, "c3", "c0"]
+    recent, context = ["i2", "i3"], {"device": "ios"}
+    dense = np.random.default_rng(0).random((4, 8)).astype(np.float32)
+    fast = model.score_candidates("u3", recent, context, serving.recommender.catalog.feature_ids(items), cats, dense)
+    batch = ExampleBatch.for_scoring(["u3"] * 4, items, cats, [context] * 4, [recent] * 4, dense)
+    np.testing.assert_allclose(fast, reference.score_many(batch)[:, 0], rtol=1e-5, atol=1e-6)
+    vectors = model.item_vectors(serving.recommender.catalog.feature_ids(items), cats)
+    np.testing.assert_allclose(vectors, reference.embed_items(items, cats), rtol=1e-5, atol=1e-6)
