@@ -33,6 +33,9 @@ DEMO_USERS = ("u0", "u1", "u2")
 
 
 def main() -> int:
+    # Simulated clicks follow impressions within seconds: a short join window turns unclicked
+    # impressions into negatives within the demo's first minute, so the model sees both labels.
+    os.environ.setdefault("RTREC_JOIN_WINDOW_S", "15")
     settings = load_settings()
     configure_logging(os.environ.get("RTREC_LOG_LEVEL", "WARNING"))
     seconds = float(os.environ.get("DEMO_SECONDS", "0")) or float("inf")
