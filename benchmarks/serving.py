@@ -4,12 +4,12 @@ Set-up: the local stack's broker and Redis; one parameter-server process holding
 and 100,000 users (plus categories, contexts and dense weights); real-time features in Redis
 from simulated clicks (recent items per user, item counters, trending/popular); one serving
 process (``rtrec serve``) synced from the parameter server. An open-loop load generator
-(:mod:`benchmarks.loadgen`) in another process offers a fixed rate of /recommend (k = 10, users
+in another process offers a fixed rate of /recommend (k = 10, users
 drawn over all 100,000) for ``--duration`` seconds and measures each latency from the request's
 scheduled send time (no coordinated omission); the same run first offers the same rate of
 /healthz (the baseline: HTTP stack and event loop without any recommendation work). The load
-generator is :mod:`benchmarks.loadgen`'s schedule on raw keep-alive sockets (see
-:func:`_open_loop_raw`: httpx itself could not offer 300/s on two cores next to the server).
+generator sends pre-encoded requests on raw keep-alive sockets (see :func:`_open_loop_raw`:
+httpx itself could not offer 300/s on two cores next to the server).
 
 Run: ``python -m benchmarks.serving [--rate 300 --duration 30]``; the last line is JSON with
 ``items, offered_qps, achieved_qps, p50_ms, p99_ms, errors, bare_p99_ms, p99_ratio``.
@@ -130,7 +130,7 @@ def _request(url: str, body: dict | None) -> bytes:
 
 
 async def _open_loop_raw(url: str, rate: float, duration_s: float, post: bool, timeout_s: float = 5.0) -> dict:
-    """The open-loop schedule of :mod:`benchmarks.loadgen` over raw keep-alive sockets.
+    """An open-loop schedule over raw keep-alive sockets.
 
     httpx spends about 3 ms of CPU per request, so on two cores it cannot offer 300 requests/s
     next to the server; pre-encoded requests on a pool of connections cost a tenth of that.
