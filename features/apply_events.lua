@@ -1,6 +1,6 @@
 -- Applies a batch of events to the feature store atomically and idempotently (by event_id).
 -- ARGV: prefix, dedupe_ttl, key_ttl, recent_n, session_gap, trend_tau, pop_tau, ranking_size,
---       nwin, then (name, bucket_s, slots) per window, then one JSON array of events, each
+--       catalog_size, nwin, then (name, bucket_s, slots) per window, then one JSON array of events, each
 --       [event_id, ts, user, item, action, positive (1/0), category ("" if none)].
 --       (One JSON argument instead of 7 per event: packing thousands of arguments costs the
 --       client more than decoding one string costs Redis.)
@@ -9,10 +9,10 @@ local p = ARGV[1]
 local dedupe_ttl, key_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local recent_n, session_gap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local taus = {{p .. 'trending', tonumber(ARGV[6])}, {p .. 'popular', tonumber(ARGV[7])}}
-local ranking_size = tonumber(ARGV[8])
-local nwin = tonumber(ARGV[9])
+local ranking_size, catalog_size = tonumber(ARGV[8]), tonumber(ARGV[9])
+local nwin = tonumber(ARGV[10])
 local wins = {}
-local i = 10
+local i = 11
 for w = 1, nwin do
   wins[w] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
   i = i + 3
@@ -39,6 +39,21 @@ local touched = {}
 -- Stream-wide counts are summed per (field, bucket) and applied once per call: applying the
 -- groups in ascending bucket order leaves the same slots as applying the events one by one.
 local stream_counts, stream_order = {}, {}
+
+-- The item catalogue: item -> category in a hash, and a log (sorted set) of the items whose entry
+-- was added or changed, scored by a sequence number taken once per call, so a reader (serving)
+-- can fetch what changed since the last number it saw.
+local cat_hash, cat_log, cat_seq = p .. 'items', p .. 'items:log', p .. 'items:seq'
+local seq = false
+
+local function note_item(item, category)
+  local old = redis.call('HGET', cat_hash, item)
+  if old == false or (category ~= '' and old ~= category) then
+    redis.call('HSET', cat_hash, item, category)
+    if not seq then seq = redis.call('INCR', cat_seq) end
+    redis.call('ZADD', cat_log, seq, item)
+  end
+end
 
 local function log_add(zkey, item, x)
   -- forward decay: score = log(sum exp(ts / tau)), ranked identically to the decayed count at any time
@@ -77,6 +92,7 @@ for _, ev in ipairs(cjson.decode(ARGV[i])) do
     touched[ukey] = true
     touched[ikey] = true
     if category ~= '' then redis.call('HSET', ikey, 'category', category) end
+    note_item(item, category)
     if positive == 1 then
       local last = tonumber(redis.call('HGET', ukey, 'last_ts') or '0')
       local skey = p .. 'sess:' .. user
@@ -100,6 +116,16 @@ for _, g in ipairs(stream_order) do bump(p .. 'c:g', g[1], g[2], g[3]) end
 touched[p .. 'c:g'] = true
 for key in pairs(touched) do redis.call('EXPIRE', key, key_ttl) end
 redis.call('SET', p .. 'wm', string.format('%.6f', wm))
+if seq then
+  local over = redis.call('ZCARD', cat_log) - catalog_size
+  if over > 0 then  -- the least recently changed entries leave the catalogue
+    local popped = redis.call('ZPOPMIN', cat_log, over)
+    for k = 1, #popped, 2 do redis.call('HDEL', cat_hash, popped[k]) end
+  end
+end
+if applied > 0 then
+  for _, key in ipairs({cat_hash, cat_log, cat_seq}) do redis.call('EXPIRE', key, key_ttl) end
+end
 for _, z in ipairs(taus) do
   local n = redis.call('ZCARD', z[1])
   if n > ranking_size then redis.call('ZREMRANGEBYRANK', z[1], 0, n - ranking_size - 1) end

@@ -20,6 +20,7 @@ class FeatureConfig:
     trending_tau_s: float = 900.0  # decay time of the trending score (velocity)
     popular_tau_s: float = 86400.0  # decay time of popularity
     ranking_size: int = 10_000  # items kept in the trending / popular rankings
+    catalog_size: int = 1_000_000  # items kept in the catalogue (least recently changed leave first)
     ctr_prior_strength: float = 20.0  # pseudo-impressions of the smoothing prior
     lateness_s: float = 3600.0  # how late an event may arrive and still be deduplicated
     prefix: str = "rtrec:"

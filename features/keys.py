@@ -8,6 +8,9 @@
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |
 | ``{p}sess:{user}`` | list | items acted on in the current session, oldest first |
 | ``{p}trending`` / ``{p}popular`` | sorted set | item → log of its forward-decayed action count |
+| ``{p}items`` | hash | the item catalogue: item → category (``""`` if none known) |
+| ``{p}items:log`` | sorted set | item → sequence number of the write that added or changed its entry |
+| ``{p}items:seq`` | string | the last sequence number taken |
 """
 
 from __future__ import annotations
@@ -32,3 +35,15 @@ def ranking(prefix: str, name: str) -> str:
 
 def watermark(prefix: str) -> str:
     return f"{prefix}wm"
+
+
+def catalog(prefix: str) -> str:
+    return f"{prefix}items"
+
+
+def catalog_log(prefix: str) -> str:
+    return f"{prefix}items:log"
+
+
+def catalog_seq(prefix: str) -> str:
+    return f"{prefix}items:seq"

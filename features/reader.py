@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from importlib import resources
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import redis
+import redis.asyncio
 
 from features import keys
 from features.config import FeatureConfig
@@ -28,8 +29,11 @@ COUNTS_SCRIPT = resources.files("features").joinpath("window_counts.lua").read_t
 class FeatureReader:
     """Reads what :class:`features.writer.FeatureWriter` wrote (layout in features/keys.py)."""
 
-    def __init__(self, client: redis.Redis, config: FeatureConfig | None = None) -> None:
+    def __init__(self, client: redis.Redis, config: FeatureConfig | None = None,
+                 async_client: redis.asyncio.Redis | None = None) -> None:
+        """``async_client`` (the same server) serves the ``*_async`` reads; without it they block."""
         self.client = client
+        self.async_client = async_client
         self.config = config or FeatureConfig()
         self._windows = {w.name: w for w in self.config.windows}
         self._counts_script = client.register_script(COUNTS_SCRIPT)
@@ -91,6 +95,35 @@ class FeatureReader:
             out.append(features)
         return out
 
+    def recent_items(self, user_id: str) -> list[str]:
+        """The items the user acted on last, newest first (what serving blocks and the user tower reads)."""
+        return [r.decode() for r in self.client.lrange(keys.recent(self.config.prefix, user_id), 0, -1)]
+
+    async def recent_items_async(self, user_id: str) -> list[str]:
+        """:meth:`recent_items` without blocking the event loop (with an ``async_client``)."""
+        if self.async_client is None:
+            return self.recent_items(user_id)
+        rows = await self.async_client.lrange(keys.recent(self.config.prefix, user_id), 0, -1)
+        return [r.decode() for r in rows]
+
+    def catalog_since(self, cursor: int, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], int]:
+        """Catalogue entries ``(item, category or None)`` added or changed after ``cursor``, and the new cursor.
+
+        Start from cursor 0; pass back what was returned to get only later changes (at most
+        ``limit`` per call, oldest first). A cursor ahead of the store (Redis was emptied) starts over.
+        """
+        p = self.config.prefix
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrangebyscore(keys.catalog_log(p), f"({cursor}", "+inf", start=0, num=limit, withscores=True)
+        pipe.get(keys.catalog_seq(p))
+        rows, seq = pipe.execute()
+        if not rows:
+            return [], (0 if int(seq or 0) < cursor else cursor)
+        names = [name.decode() for name, _ in rows]
+        categories = self.client.hmget(keys.catalog(p), names)
+        entries = [(n, c.decode() or None if c is not None else None) for n, c in zip(names, categories)]
+        return entries, int(rows[-1][1])
+
     def top(self, ranking: str, k: int) -> list[tuple[str, float]]:
         """The ``k`` best items of ``"trending"`` or ``"popular"`` with their decayed scores now."""
         if ranking not in ("trending", "popular"):
@@ -99,6 +132,21 @@ class FeatureReader:
         wm = self.watermark()
         rows = self.client.zrevrange(keys.ranking(self.config.prefix, ranking), 0, k - 1, withscores=True)
         return [(item.decode(), self._decayed(score, tau, wm)) for item, score in rows]
+
+    async def top_many_async(self, rankings: Sequence[str], k: int) -> dict[str, list[tuple[str, float]]]:
+        """:meth:`top` of several rankings in one round trip, without blocking the event loop."""
+        taus = {"trending": self.config.trending_tau_s, "popular": self.config.popular_tau_s}
+        if any(r not in taus for r in rankings):
+            raise ValueError(f"unknown ranking in {rankings!r}")
+
+        def build(pipe: Any) -> None:
+            pipe.get(keys.watermark(self.config.prefix))
+            for ranking in rankings:
+                pipe.zrevrange(keys.ranking(self.config.prefix, ranking), 0, k - 1, withscores=True)
+
+        wm, *rows = await self.run_pipeline_async(build)
+        return {r: [(item.decode(), self._decayed(score, taus[r], float(wm or 0.0))) for item, score in found]
+                for r, found in zip(rankings, rows)}
 
     def window_counts(self, kind: str, ids: Sequence[str], names: Sequence[str],
                       pipe: redis.client.Pipeline | None = None) -> np.ndarray | None:
@@ -119,9 +167,40 @@ class FeatureReader:
             args += [window, action, spec.bucket_s, spec.slots]
         args += ["-"] if kind == "g" else list(ids)
         if pipe is not None:
-            self._counts_script(args=args, client=pipe)
+            # EVALSHA, not the Script object: a pipeline holding Script calls first asks Redis
+            # SCRIPT EXISTS, one more round trip per pipeline (see run_pipeline for a missing script).
+            pipe.evalsha(self._counts_script.sha, 0, *args)
             return None
         return counts_array(self._counts_script(args=args), len(names))
+
+    def run_pipeline(self, build: Callable[[redis.client.Pipeline], None]) -> list:
+        """Queue commands with ``build`` (e.g. :meth:`window_counts` with a pipe) and run them in one
+        round trip; if Redis lost the counts script (restarted), load it and run them once more."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self.client.script_load(COUNTS_SCRIPT)
+        raise AssertionError("unreachable")
+
+    async def run_pipeline_async(self, build: Callable[[Any], None]) -> list:
+        """:meth:`run_pipeline` without blocking the event loop (with an ``async_client``)."""
+        if self.async_client is None:
+            return self.run_pipeline(build)
+        for attempt in (1, 2):
+            pipe = self.async_client.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return await pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.async_client.script_load(COUNTS_SCRIPT)
+        raise AssertionError("unreachable")
 
     def _counters(self, fields: dict[bytes, bytes], watermark: float) -> dict:
         slots: dict[tuple[str, str], list[bytes]] = defaultdict(list)

@@ -12,51 +12,102 @@ the model learns to read its label from its features.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import redis
 
 from features import keys
 from features.reader import FeatureReader, counts_array
 from rtrec.model import REALTIME_FEATURES
 
-__all__ = ["read_realtime_features"]
+__all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "RealtimeQuery", "RealtimeReads",
+           "ITEM_COUNTS"]
 
 ITEM_COUNTS = ("impression_1h", "click_1h", "impression_24h", "click_24h")
 USER_COUNTS = ("impression_24h", "click_1h", "click_24h")
 
 
+@dataclass(frozen=True)
+class RealtimeReads:
+    """One read: the model's dense features and the raw item counts they came from.
+
+    Attributes:
+        dense: ``float32 (n, 8)`` in :data:`rtrec.model.REALTIME_FEATURES` order.
+        item_counts: ``int64 (n, 4)``, columns :data:`ITEM_COUNTS` (serving's "new item" rule reads them).
+        categories: each item's category from the catalogue (None where unknown), when asked for.
+    """
+
+    dense: np.ndarray
+    item_counts: np.ndarray
+    categories: list[str | None] | None = None
+
+
 def read_realtime_features(reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
     """``float32 (len(item_ids), 8)`` for pairs ``(user_ids[i], item_ids[i])``; one user broadcasts."""
-    n = len(item_ids)
-    if len(user_ids) not in (1, n):
-        raise ValueError(f"user_ids must have 1 or {n} entries, got {len(user_ids)}")
-    users, user_row = np.unique(np.asarray(user_ids, dtype=str), return_inverse=True)
-    items, item_row = np.unique(np.asarray(item_ids, dtype=str), return_inverse=True)
-    prefix = reader.config.prefix
-    pipe = reader.client.pipeline(transaction=False)
-    reader.window_counts("i", items.tolist(), ITEM_COUNTS, pipe)
-    reader.window_counts("u", users.tolist(), USER_COUNTS, pipe)
-    reader.window_counts("g", [], ITEM_COUNTS, pipe)
-    pipe.zmscore(keys.ranking(prefix, "trending"), items.tolist() or [""])
-    pipe.get(keys.watermark(prefix))
-    item_reply, user_reply, stream_reply, trending, wm = pipe.execute()
-    item_counts = counts_array(item_reply, len(ITEM_COUNTS))[item_row].astype(np.float64)
-    user_counts = counts_array(user_reply, len(USER_COUNTS))[np.broadcast_to(user_row, (n,))].astype(np.float64)
-    stream = counts_array(stream_reply, len(ITEM_COUNTS))[0].astype(np.float64)
-    a = reader.config.ctr_prior_strength
-    p0_1h = stream[1] / stream[0] if stream[0] else 0.0
-    p0_24h = stream[3] / stream[2] if stream[2] else 0.0
-    log_score = np.array([np.nan if s is None else s for s in trending], dtype=np.float64)[item_row]
-    decayed = np.exp(np.minimum(log_score - float(wm or 0.0) / reader.config.trending_tau_s, 50.0))
-    columns = {
-        "item_log_impressions_1h": np.log1p(item_counts[:, 0]),
-        "item_log_clicks_1h": np.log1p(item_counts[:, 1]),
-        "item_ctr_1h": (item_counts[:, 1] + a * p0_1h) / (item_counts[:, 0] + a),
-        "item_ctr_24h": (item_counts[:, 3] + a * p0_24h) / (item_counts[:, 2] + a),
-        "item_log_trending": np.log1p(np.nan_to_num(decayed, nan=0.0)),
-        "user_log_impressions_24h": np.log1p(user_counts[:, 0]),
-        "user_log_clicks_1h": np.log1p(user_counts[:, 1]),
-        "user_log_clicks_24h": np.log1p(user_counts[:, 2]),
-    }
-    return np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
+    return read_realtime(reader, user_ids, item_ids).dense
+
+
+def read_realtime(reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str],
+                  categories: bool = False) -> RealtimeReads:
+    """The dense features of :func:`read_realtime_features` plus the raw item counts (and, with
+    ``categories``, the items' categories from the catalogue), in one round trip."""
+    query = RealtimeQuery(reader, user_ids, item_ids, categories)
+    return query.decode(reader.run_pipeline(query.build))
+
+
+async def read_realtime_async(reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str],
+                              categories: bool = False) -> RealtimeReads:
+    """:func:`read_realtime` without blocking the event loop while Redis answers (serving)."""
+    query = RealtimeQuery(reader, user_ids, item_ids, categories)
+    return query.decode(await reader.run_pipeline_async(query.build))
+
+
+class RealtimeQuery:
+    """One read of real-time features: the commands to queue (:meth:`build`) and the decoding of their replies."""
+
+    def __init__(self, reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str],
+                 categories: bool = False) -> None:
+        self.n = len(item_ids)
+        if len(user_ids) not in (1, self.n):
+            raise ValueError(f"user_ids must have 1 or {self.n} entries, got {len(user_ids)}")
+        self.reader, self.categories = reader, categories
+        self.users, self.user_row = np.unique(np.asarray(user_ids, dtype=str), return_inverse=True)
+        self.items, self.item_row = np.unique(np.asarray(item_ids, dtype=str), return_inverse=True)
+
+    def build(self, pipe: redis.client.Pipeline) -> None:
+        reader, prefix, items = self.reader, self.reader.config.prefix, self.items.tolist()
+        reader.window_counts("i", items, ITEM_COUNTS, pipe)
+        reader.window_counts("u", self.users.tolist(), USER_COUNTS, pipe)
+        reader.window_counts("g", [], ITEM_COUNTS, pipe)
+        pipe.zmscore(keys.ranking(prefix, "trending"), items or [""])
+        pipe.get(keys.watermark(prefix))
+        if self.categories:
+            pipe.hmget(keys.catalog(prefix), items or [""])
+
+    def decode(self, replies: list) -> RealtimeReads:
+        item_reply, user_reply, stream_reply, trending, wm, *cats = replies
+        n, item_row, config = self.n, self.item_row, self.reader.config
+        raw_item_counts = counts_array(item_reply, len(ITEM_COUNTS))[item_row]
+        item_counts = raw_item_counts.astype(np.float64)
+        user_counts = counts_array(user_reply, len(USER_COUNTS))[np.broadcast_to(self.user_row, (n,))].astype(np.float64)
+        stream = counts_array(stream_reply, len(ITEM_COUNTS))[0].astype(np.float64)
+        a = config.ctr_prior_strength
+        p0_1h = stream[1] / stream[0] if stream[0] else 0.0
+        p0_24h = stream[3] / stream[2] if stream[2] else 0.0
+        log_score = np.array([np.nan if s is None else s for s in trending], dtype=np.float64)[item_row]
+        decayed = np.exp(np.minimum(log_score - float(wm or 0.0) / config.trending_tau_s, 50.0))
+        columns = {
+            "item_log_impressions_1h": np.log1p(item_counts[:, 0]),
+            "item_log_clicks_1h": np.log1p(item_counts[:, 1]),
+            "item_ctr_1h": (item_counts[:, 1] + a * p0_1h) / (item_counts[:, 0] + a),
+            "item_ctr_24h": (item_counts[:, 3] + a * p0_24h) / (item_counts[:, 2] + a),
+            "item_log_trending": np.log1p(np.nan_to_num(decayed, nan=0.0)),
+            "user_log_impressions_24h": np.log1p(user_counts[:, 0]),
+            "user_log_clicks_1h": np.log1p(user_counts[:, 1]),
+            "user_log_clicks_24h": np.log1p(user_counts[:, 2]),
+        }
+        dense = np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
+        named = [c.decode() or None if c is not None else None for c in cats[0]] if cats else None
+        return RealtimeReads(dense, raw_item_counts, [named[r] for r in item_row] if named is not None else None)

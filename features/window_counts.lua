@@ -3,32 +3,34 @@
 -- (window_name, action, bucket_s, slots), then the entity ids. Returns one flat array of
 -- integers: for each id, one count per name, summed over the slots live at the watermark
 -- (features/windows.py explains the ring).
+-- One HGETALL per entity, fields matched in a Lua table: small hashes are listpacks in Redis, where
+-- every HMGET field is a linear scan (measured: 2.0 ms for 50 items with HMGET, see the PR note).
 local p, kind, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local wm = tonumber(redis.call('GET', p .. 'wm') or '0')
-local names = {}
+local owner, first, last = {}, {}, {}
 local i = 4
 for k = 1, n do
   local bucket_s, slots = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  local last = math.floor(wm / bucket_s)
-  local fields = {}
-  for s = 0, slots - 1 do fields[s + 1] = ARGV[i] .. ':' .. ARGV[i + 1] .. ':' .. s end
-  names[k] = {fields, last - slots + 1, last}
+  last[k] = math.floor(wm / bucket_s)
+  first[k] = last[k] - slots + 1
+  for s = 0, slots - 1 do owner[ARGV[i] .. ':' .. ARGV[i + 1] .. ':' .. s] = k end
   i = i + 4
 end
 local out = {}
+local find, sub, tonum = string.find, string.sub, tonumber
 while i <= #ARGV do
   local key = kind == 'g' and (p .. 'c:g') or (p .. 'c:' .. kind .. ':' .. ARGV[i])
-  for k = 1, n do
-    local total = 0
-    local values = redis.call('HMGET', key, unpack(names[k][1]))
-    for _, v in ipairs(values) do
-      if v then
-        local sep = string.find(v, ':', 1, true)
-        local b = tonumber(string.sub(v, 1, sep - 1))
-        if b >= names[k][2] and b <= names[k][3] then total = total + tonumber(string.sub(v, sep + 1)) end
-      end
+  local base = #out
+  for k = 1, n do out[base + k] = 0 end
+  local flat = redis.call('HGETALL', key)
+  for j = 1, #flat, 2 do
+    local k = owner[flat[j]]
+    if k then
+      local v = flat[j + 1]
+      local sep = find(v, ':', 1, true)
+      local b = tonum(sub(v, 1, sep - 1))
+      if b >= first[k] and b <= last[k] then out[base + k] = out[base + k] + tonum(sub(v, sep + 1)) end
     end
-    table.insert(out, total)
   end
   i = i + 1
 end

@@ -57,6 +57,7 @@ class EventProducer:
         self._errors: list[BaseException] = []
         self.sent = 0
         self.acked = 0
+        self.failed = 0
 
     def send(self, event: Event) -> None:
         """Queue one event for sending; returns at once (see :meth:`flush`)."""
@@ -115,3 +116,4 @@ class EventProducer:
         log.error("event not delivered to %s: %r", self.topic, exc)
         with self._lock:
             self._errors.append(exc)
+            self.failed += 1

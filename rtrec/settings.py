@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     api_key: str = Field("", description="X-API-Key serving requires (not /healthz, /metrics, OpenAPI); empty = none.")
     serving_ranked: int = Field(50, ge=1, le=300, description="Retrieved candidates ranked with real-time features.")
     sync_interval_s: float = Field(2.0, gt=0, description="Seconds between sparse weight syncs.")
+    log_impressions: bool = Field(True, description="Log every /recommend list back to Kafka as impression events.")
+    index_ivf_min_items: int = Field(50_000, ge=1, description="Catalogue size from which retrieval uses an IVF index, not exact search.")
+    index_nprobe: int = Field(128, ge=1, description="IVF lists searched per query (recall against speed).")
 
     # Every process
     metrics_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds to.")

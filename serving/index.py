@@ -1,38 +1,42 @@
 """Retrieval: a FAISS inner-product index of item-tower vectors, updated by ID from each sync.
 
-Index choice. This module implements the exact index: ``IndexIDMap2(IndexFlatIP)`` keyed by the
-item's feature ID (as ``int64``; slots < 128 keep it non-negative). Exact search means recall 1.0
-by construction, and a query over 100,000 items of dimension 32 is one 3.2 M multiply-add pass
-(about a millisecond on one core). Updates are batched: one ``remove_ids`` of every changed or
-evicted ID, then one ``add_with_ids`` of the new vectors. On a flat index ``remove_ids`` is a
-compaction pass over the stored vectors, so its cost grows with the catalogue -- fine up to a few
-hundred thousand items synced every few seconds.
+Index choice, by catalogue size at each (re)build:
 
-Beyond that (millions of items) the plan, NOT implemented here, is the one in ARCHITECTURE.md's
-"Known pitfalls": an HNSW (or IVF-PQ) index rebuilt in the background every few minutes from the
-mirror, plus a small flat "fresh" index holding the items changed since that rebuild; queries
-search both and merge by score, evicted IDs are filtered at query time until the next rebuild
-(HNSW cannot remove IDs). Its recall then is HNSW's at the chosen ``efSearch`` (typically
-0.95-0.99 at 10 of 100 neighbours), to be measured against this flat index.
+- below ``IndexPlan.ivf_min_items`` (default 50,000): exact search, ``IndexIDMap2(IndexFlatIP)``;
+  recall 1.0 by construction, cost one pass over every vector per query (0.5 ms for 100,000
+  vectors of dimension 32 here, with FAISS's generic build).
+- from there on: ``IndexIVFFlat`` (inner product) with ``nlist = 4 * sqrt(n)`` lists (at least
+  ``min_lists``), a direct map by hash table so items are removed and replaced by ID, and
+  ``nprobe`` lists searched per query. The coarse quantizer is trained (k-means, 10 iterations)
+  on a sample of at most ``train_per_list * nlist`` vectors. Recall against exact search is
+  measured by ``python -m benchmarks.serving`` (``index_recall``) and pinned by a test.
+
+Updates are batched: one ``remove_ids`` of every changed or evicted ID, then one ``add_with_ids``
+of the new vectors. A rebuild is due when the catalogue crossed the size threshold, or an IVF
+index holds 4 times the items it was trained with (its lists would be long and its centroids
+stale); the item tower changing (a dense sync) re-embeds and rebuilds everything anyway.
+HNSW was not chosen: it cannot remove IDs, and every sync changes items.
 
 >>> import numpy as np
 >>> index = ItemIndex(dim=2)
 >>> index.upsert(np.array([5, 6], dtype=np.int64), np.array([[1, 0], [0, 1]], dtype=np.float32))
 >>> scores, ids = index.search(np.array([[0.9, 0.1]], dtype=np.float32), k=2)
->>> ids.tolist(), len(index)
-([[5, 6]], 2)
+>>> ids.tolist(), len(index), index.kind
+([[5, 6]], 2, 'flat')
 >>> index.remove(np.array([5], dtype=np.int64)); index.search(np.array([[1.0, 0.0]], dtype=np.float32), 2)[1].tolist()
 [[6, -1]]
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
-__all__ = ["ItemIndex", "as_faiss_ids"]
+__all__ = ["ItemIndex", "IndexPlan", "as_faiss_ids", "recall_at"]
 
 
 def as_faiss_ids(fids: np.ndarray) -> np.ndarray:
@@ -40,19 +44,57 @@ def as_faiss_ids(fids: np.ndarray) -> np.ndarray:
     return np.asarray(fids, dtype=np.uint64).view(np.int64)
 
 
-class ItemIndex:
-    """Exact inner-product search over item vectors with batched upsert and remove by ``int64`` ID.
+@dataclass(frozen=True)
+class IndexPlan:
+    """How :class:`ItemIndex` picks and sizes its FAISS index (see the module docstring)."""
 
-    A lock serialises searches with updates (FAISS indexes are not safe for concurrent writes).
+    ivf_min_items: int = 50_000
+    nprobe: int = 128
+    min_lists: int = 64
+    train_per_list: int = 40
+    seed: int = 0
+
+    def kind_for(self, n: int) -> str:
+        return "ivf" if n >= self.ivf_min_items else "flat"
+
+    def lists_for(self, n: int) -> int:
+        return max(self.min_lists, int(4 * math.sqrt(max(n, 1))))
+
+
+class ItemIndex:
+    """Inner-product search over item vectors with batched upsert and remove by ``int64`` ID.
+
+    A lock serialises searches with updates (FAISS indexes are not safe for concurrent writes);
+    FAISS releases the GIL inside its calls.
     """
 
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    def __init__(self, dim: int, plan: IndexPlan = IndexPlan()) -> None:
+        self.dim, self.plan = dim, plan
+        self.kind = "flat"
+        self.trained_with = 0
+        self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.Lock()
+
+    @classmethod
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, plan: IndexPlan = IndexPlan()) -> "ItemIndex":
+        """A new index of the kind :class:`IndexPlan` picks for ``len(ids)`` items, holding them."""
+        index = cls(dim, plan)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if plan.kind_for(ids.size) == "ivf":
+            index._index = _trained_ivf(dim, vectors, plan)
+            index.kind, index.trained_with = "ivf", int(ids.size)
+        index.upsert(ids, vectors)
+        return index
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
+
+    def wants_rebuild(self) -> bool:
+        """Whether the catalogue outgrew (or shrank below) what this index was built for."""
+        n = len(self)
+        if self.plan.kind_for(n) != self.kind:
+            return self.kind == "flat" or n < self.plan.ivf_min_items // 2  # hysteresis on the way down
+        return self.kind == "ivf" and n > 4 * self.trained_with
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Set the vectors of distinct ``ids`` (replacing those already present)."""
@@ -78,7 +120,7 @@ class ItemIndex:
         if other.dim != self.dim:
             raise ValueError(f"cannot swap an index of dim {other.dim} into one of dim {self.dim}")
         with self._lock:
-            self._index = other._index
+            self._index, self.kind, self.trained_with = other._index, other.kind, other.trained_with
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best (scores, ids) per query row, best first; missing places have id -1."""
@@ -87,3 +129,29 @@ class ItemIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         with self._lock:
             return self._index.search(queries, k)
+
+
+def _trained_ivf(dim: int, vectors: np.ndarray, plan: IndexPlan) -> faiss.Index:
+    """An empty ``IndexIVFFlat`` whose lists were trained on (a sample of) ``vectors``."""
+    nlist = plan.lists_for(len(vectors))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10
+    index.cp.seed = plan.seed
+    index.cp.max_points_per_centroid = plan.train_per_list
+    index.cp.min_points_per_centroid = 5  # a sample of ~20 per list trains well enough here (tested)
+    rng = np.random.default_rng(plan.seed)
+    sample = vectors[rng.choice(len(vectors), min(len(vectors), plan.train_per_list * nlist), replace=False)]
+    index.train(sample)
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids / replace by ID without a scan
+    index.nprobe = plan.nprobe
+    return index
+
+
+def recall_at(index: ItemIndex, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Share of the exact top-``k`` (inner product over ``vectors``) that ``index`` also returns."""
+    exact = faiss.IndexIDMap2(faiss.IndexFlatIP(index.dim))
+    exact.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    _, truth = exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    _, found = index.search(queries, k)
+    hits = sum(len(set(t.tolist()) & set(f.tolist())) for t, f in zip(truth, found))
+    return hits / truth.size

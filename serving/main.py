@@ -15,29 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import logging
+import os
+import signal
 import socket
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import faiss
 import redis
+import redis.asyncio
 import torch
 import uvicorn
-from kafka.errors import KafkaError
+import uvloop
 from prometheus_client import CollectorRegistry
 
 from features.reader import FeatureReader
 from param_server.config import DEFAULT_TABLES, EmbeddingConfig, tables_from_json
-from rtrec.errors import ImproperlyConfigured, RtrecError
+from rtrec.errors import ImproperlyConfigured
 from rtrec.logs import configure_logging
 from rtrec.metrics_http import serve_metrics
 from rtrec.model import ModelConfig
 from serving.api import Serving, create_app
 from serving.catalog import ItemCatalog
-from serving.impressions import ImpressionLog
-from serving.index import ItemIndex
+from serving.impressions import ImpressionLog, SenderProcess
+from serving.index import IndexPlan, ItemIndex
 from serving.metrics import ServingMetrics
 from serving.mirror import ParamMirror
 from serving.model_state import ModelHolder
@@ -51,6 +53,8 @@ log = logging.getLogger("serving")
 
 #: Every this many sparse syncs the dense weights are pulled too (Monolith: dense rarely).
 DENSE_EVERY = 10
+#: Redis connections the request path may hold at once.
+REDIS_CONNECTIONS = 32
 #: How long start-up retries the first sync before giving up.
 FIRST_SYNC_TIMEOUT_S = 60.0
 
@@ -59,46 +63,51 @@ def build_serving(params: Any, reader: FeatureReader | None, registry: Collector
                   tables: Sequence[EmbeddingConfig] = DEFAULT_TABLES, model_config: ModelConfig = ModelConfig(),
                   sync_interval_s: float = 2.0, dense_every: int = DENSE_EVERY,
                   send_impression: Callable[[dict], None] | None = None, api_key: str = "",
-                  ranking: RankingConfig = RankingConfig()) -> Serving:
+                  ranking: RankingConfig = RankingConfig(),
+                  impression_sender_env: Mapping[str, str] | None = None,
+                  index_plan: IndexPlan = IndexPlan()) -> Serving:
     """Wire mirror, model, index, sync loop and recommender over ``params`` (not synced, not started).
 
     ``reader`` None (tests of the sync path only): no names are learned from the feature store and
-    the request flows, which read real-time features, cannot be used.
+    the request flows, which read real-time features, cannot be used. Impressions go to
+    ``send_impression`` in a thread of this process, or, with ``impression_sender_env``, to an
+    impression-sender child process started with that environment (what ``rtrec serve`` does).
     """
     slots = ModelSlots.from_tables(tables)
     metrics = ServingMetrics(registry)
     mirror = ParamMirror(tables)
     holder = ModelHolder(mirror, model_config, slots)
     catalog = ItemCatalog(slots.item)
-    index = ItemIndex(model_config.tower_dim)
+    index = ItemIndex(model_config.tower_dim, index_plan)
     sync = SyncLoop(params, mirror, holder, catalog, index, metrics, reader, sync_interval_s, dense_every)
     recommender = Recommender(mirror, holder, catalog, index, reader, slots, ranking)  # type: ignore[arg-type]
-    impressions = ImpressionLog(send_impression, metrics) if send_impression is not None else None
+    impressions = None
+    if impression_sender_env is not None:
+        impressions = ImpressionLog(SenderProcess(metrics, impression_sender_env), metrics)
+    elif send_impression is not None:
+        impressions = ImpressionLog(send_impression, metrics)
     return Serving(recommender, sync, metrics, RecentUsers(model_config.tower_dim), impressions, api_key)
 
 
 def main(settings: Any) -> None:
     """Run serving until SIGTERM/SIGINT (see the module docstring)."""
     from param_server.sharding import ShardedClient
-    from producers.client import EventProducer
 
     configure_logging(settings.log_level)
     torch.set_num_threads(settings.torch_threads)
     faiss.omp_set_num_threads(settings.torch_threads)  # one query at a time: OpenMP spinning only costs
     tables = tables_from_json(settings.ps_tables) if settings.ps_tables else DEFAULT_TABLES
     params = ShardedClient.connect(settings.param_server_addrs, settings.ps_token)
-    reader = FeatureReader(redis.Redis.from_url(settings.redis_url))
-    producer = None
-    try:
-        producer = EventProducer(settings.kafka, settings.actions_topic, settings.producer_linger_ms,
-                                 settings.producer_batch_bytes)
-    except KafkaError as exc:
-        log.error("cannot reach Kafka at %s (%r): serving WITHOUT impression logging", settings.kafka, exc)
+    reader = FeatureReader(redis.Redis.from_url(settings.redis_url),
+                           async_client=_async_redis(settings.redis_url))
+    if not settings.log_impressions:
+        log.warning("RTREC_LOG_IMPRESSIONS is off: served lists are NOT logged back to Kafka")
     registry = CollectorRegistry()
     serving = build_serving(params, reader, registry, tables, sync_interval_s=settings.sync_interval_s,
-                            send_impression=producer.send_dict if producer is not None else None,
-                            api_key=settings.api_key,
-                            ranking=RankingConfig(ranked=settings.serving_ranked))
+                            api_key=settings.api_key, ranking=RankingConfig(ranked=settings.serving_ranked),
+                            impression_sender_env=_sender_env(settings) if settings.log_impressions else None,
+                            index_plan=IndexPlan(ivf_min_items=settings.index_ivf_min_items,
+                                                 nprobe=settings.index_nprobe))
     try:
         _first_sync(serving.sync)
         serving.sync.start()
@@ -106,19 +115,28 @@ def main(settings: Any) -> None:
         # uvicorn stops on SIGTERM and then re-raises it to the handler found at start; make that
         # one ours (a log line), so the process does not die there but runs the clean-up below.
         signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM: shutting down"))
-        asyncio.run(_serve_http(create_app(serving), settings.http_host, settings.http_port, metrics_url))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop: cheaper I/O per request
+            runner.run(_serve_http(create_app(serving), settings.http_host, settings.http_port, metrics_url))
     finally:
         log.info("stopping: sync loop, impression log, connections")
         serving.sync.stop()
         if serving.impressions is not None:
-            serving.impressions.close()
-        if producer is not None:
-            try:
-                producer.flush(timeout_s=5.0)
-                producer.close()
-            except (KafkaError, RtrecError) as exc:
-                log.warning("impressions not all delivered at shutdown: %r", exc)
+            serving.impressions.close(timeout_s=10.0)
         params.close()
+
+
+def _async_redis(url: str) -> redis.asyncio.Redis:
+    """The request path's Redis client: a bounded pool where a request waits for a free connection
+    (up to 5 s) instead of failing when many are in flight at once."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS, timeout=5)
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+def _sender_env(settings: Any) -> dict[str, str]:
+    """The impression sender's environment: ours, with the producer settings this process runs with."""
+    return {**os.environ, "RTREC_KAFKA": settings.kafka, "RTREC_ACTIONS_TOPIC": settings.actions_topic,
+            "RTREC_PRODUCER_LINGER_MS": str(settings.producer_linger_ms),
+            "RTREC_PRODUCER_BATCH_BYTES": str(settings.producer_batch_bytes), "RTREC_LOG_LEVEL": settings.log_level}
 
 
 def _first_sync(sync: SyncLoop) -> None:

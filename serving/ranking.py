@@ -1,36 +1,36 @@
 """Ranking: the real-time feature vector, business rules, and the recommend/score flows.
 
-``/recommend`` for a known user::
+``/recommend`` for a known user, two Redis round trips in all::
 
-    user features (Redis) -> user vector (user tower over the mirror) -> top-N by FAISS
-      -> the best ``ranked`` not blocked -> item features (Redis, ONE call for all of them)
-      -> ranking head (click probability)
+    the user's recent items (Redis) -> user vector (user tower over the mirror) -> top-N by FAISS
+      -> the best ``ranked`` not blocked -> the user's and items' real-time features and the
+         items' categories (Redis, ONE round trip: :func:`features.realtime.read_realtime`,
+         the same definition the trainer reads) -> ranking head (click probability)
       -> rules: drop excluded and already-acted-on items, cap items per category,
          reserve a few slots for new items (exploration) -> top k
 
 A user without a row in the mirror gets the cold-start list: trending items, then popular ones,
-minus excluded and already-seen items. The pure pieces (:func:`realtime_features`,
-:func:`apply_rules`) do no I/O and are tested on their own.
+minus excluded and already-seen items. :func:`apply_rules` does no I/O and is tested on its own.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from features.ids import feature_ids
 from features.reader import FeatureReader
-from rtrec.model import REALTIME_FEATURES
+from features.realtime import ITEM_COUNTS, RealtimeReads, read_realtime, read_realtime_async
 from serving.catalog import ItemCatalog
 from serving.index import ItemIndex
 from serving.mirror import ParamMirror
-from serving.model_state import ModelHolder
+from serving.model_state import ModelHolder, ServingModel
 from stream_workers.examples import ModelSlots
 
-__all__ = ["RankingConfig", "Recommendation", "Recommender", "realtime_features", "apply_rules"]
+__all__ = ["RankingConfig", "Recommendation", "Recommender", "apply_rules"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ class RankingConfig:
     """Knobs of ranking and its business rules.
 
     Attributes:
-        candidates: items retrieved by the user vector (FAISS, exact inner product).
+        candidates: most items retrieved by the user vector besides blocked ones; a request asks
+            the index for ``min(candidates, 2 * ranked)`` plus its blocked items, enough to
+            fill ``ranked`` after dropping items without a name.
         ranked: the best of them by retrieval score (after dropping blocked items) that get
             real-time features from Redis and the ranking head; bounds the per-request Redis
             and scoring work, which dominate latency (~0.1 ms per ranked item here).
@@ -69,35 +71,6 @@ class Recommendation:
     items: list[tuple[str, float]]
     cold_start: bool
     user_vector: np.ndarray | None = None
-
-
-def realtime_features(user: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """The dense features :data:`rtrec.model.REALTIME_FEATURES` ``float32 (n, 8)``, from FeatureReader output.
-
-    Counts enter as ``log1p``; CTRs are the reader's smoothed values; absent values read as 0.
-
-    >>> z = realtime_features({"counts": {"click_1h": 1}}, [{"counts": {"impression_1h": 3}, "ctr_1h": 0.5}])
-    >>> z.astype(float).round(3).tolist()
-    [[1.386, 0.0, 0.5, 0.0, 0.0, 0.0, 0.693, 0.0]]
-    """
-    counts = [it.get("counts", {}) for it in items]
-    ucounts = user.get("counts", {})
-    columns = {  # per item: dict reads of the reader's output, a few hundred per request
-        "item_log_impressions_1h": [c.get("impression_1h", 0) for c in counts],
-        "item_log_clicks_1h": [c.get("click_1h", 0) for c in counts],
-        "item_ctr_1h": [it.get("ctr_1h", 0.0) for it in items],
-        "item_ctr_24h": [it.get("ctr_24h", 0.0) for it in items],
-        "item_log_trending": [it.get("trending", 0.0) for it in items],
-    }
-    out = np.zeros((len(items), len(REALTIME_FEATURES)), dtype=np.float32)
-    for col, name in enumerate(REALTIME_FEATURES):
-        if name in columns:
-            values = np.asarray(columns[name], dtype=np.float64)
-            out[:, col] = values if "_ctr_" in name else np.log1p(values)
-    out[:, REALTIME_FEATURES.index("user_log_impressions_24h")] = math.log1p(ucounts.get("impression_24h", 0))
-    out[:, REALTIME_FEATURES.index("user_log_clicks_1h")] = math.log1p(ucounts.get("click_1h", 0))
-    out[:, REALTIME_FEATURES.index("user_log_clicks_24h")] = math.log1p(ucounts.get("click_24h", 0))
-    return out
 
 
 def apply_rules(names: Sequence[str], scores: np.ndarray, categories: Sequence[str | None],
@@ -159,50 +132,44 @@ class Recommender:
     def recommend(self, user_id: str, k: int, context: Mapping[str, Any] | None,
                   exclude: Sequence[str]) -> Recommendation:
         """The top ``k`` items for the user (module docstring); never an excluded or seen item."""
-        user = self.reader.users([user_id])[0]
-        blocked = set(exclude) | set(user["recent_items"])
-        if not self.user_known(user_id):
-            return Recommendation(self._cold_start(k, blocked), cold_start=True)
-        model = self.holder.current
-        recent = user["recent_items"][: self.config.recent_for_tower]
-        user_vec = model.scorer.embed_users([user_id], [recent], [dict(context or {})])
-        _, labels = self.index.search(user_vec, min(self.config.candidates + len(blocked), 4096))
-        labels = labels[0][labels[0] >= 0]
-        names = self.catalog.names(labels.view(np.uint64))
-        keep = [i for i, n in enumerate(names) if n is not None and n not in blocked]
-        if not keep:
-            return Recommendation(self._cold_start(k, blocked), cold_start=True, user_vector=user_vec[0])
-        fids = labels.view(np.uint64)[keep][: self.config.ranked]
-        names = [names[i] for i in keep][: self.config.ranked]
-        items = self.reader.items(names)
-        fallback = self.catalog.categories(fids)
-        categories = [it.get("category") or f for it, f in zip(items, fallback)]
-        scores = model.score_candidates(user_id, recent, context, fids, categories, realtime_features(user, items))
-        is_new = np.array([it.get("counts", {}).get("impression_24h", 0) == 0 for it in items], dtype=bool)
-        cap = max(1, math.ceil(self.config.max_category_share * k))
-        explore = int(self.config.explore_share * k)
-        picked = apply_rules(names, scores, categories, is_new, blocked, k, cap, explore)
-        return Recommendation([(names[i], float(scores[i])) for i in picked], cold_start=False,
-                              user_vector=user_vec[0])
+        plan = self._retrieve(user_id, k, context, exclude, self.reader.recent_items(user_id))
+        if plan.cold_start:
+            return Recommendation(self._cold_start(k, plan.blocked, self.reader.top), True, plan.user_vector)
+        return self._rank(plan, read_realtime(self.reader, [user_id], plan.names, categories=True))
+
+    async def recommend_async(self, user_id: str, k: int, context: Mapping[str, Any] | None,
+                              exclude: Sequence[str]) -> Recommendation:
+        """:meth:`recommend` that leaves the event loop free while Redis answers (the HTTP handler's)."""
+        plan = self._retrieve(user_id, k, context, exclude, await self.reader.recent_items_async(user_id))
+        if plan.cold_start:
+            top = await self.reader.top_many_async(("trending", "popular"), k + len(plan.blocked))
+            return Recommendation(self._cold_start(k, plan.blocked, lambda name, _: top[name]), True,
+                                  plan.user_vector)
+        return self._rank(plan, await read_realtime_async(self.reader, [user_id], plan.names, categories=True))
 
     def score(self, user_id: str, item_ids: Sequence[str], context: Mapping[str, Any] | None) -> np.ndarray:
         """Click probabilities of the given items for the user, in order (unknown IDs score as zero rows)."""
         if not item_ids:
             return np.empty(0, dtype=np.float32)
-        user = self.reader.users([user_id])[0]
-        items = self.reader.items(list(item_ids))
-        recent = user["recent_items"][: self.config.recent_for_tower]
-        categories = [it.get("category") for it in items]
-        fids = feature_ids(self.slots.item, list(item_ids))
-        return self.holder.current.score_candidates(user_id, recent, context, fids, categories,
-                                                    realtime_features(user, items))
+        recent = self.reader.recent_items(user_id)[: self.config.recent_for_tower]
+        reads = read_realtime(self.reader, [user_id], list(item_ids), categories=True)
+        return self._score(user_id, recent, item_ids, context, reads)
+
+    async def score_async(self, user_id: str, item_ids: Sequence[str],
+                          context: Mapping[str, Any] | None) -> np.ndarray:
+        """:meth:`score` that leaves the event loop free while Redis answers."""
+        if not item_ids:
+            return np.empty(0, dtype=np.float32)
+        recent = (await self.reader.recent_items_async(user_id))[: self.config.recent_for_tower]
+        reads = await read_realtime_async(self.reader, [user_id], list(item_ids), categories=True)
+        return self._score(user_id, recent, item_ids, context, reads)
 
     def similar_items(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
         """Items nearest to ``item_id`` by item-tower vector; None if the item is not synced."""
         fid = feature_ids(self.slots.item, [item_id])
         if not self.mirror.contains(fid)[0]:
             return None
-        category = self.reader.items([item_id])[0].get("category") or self.catalog.categories(fid)[0]
+        category = self.catalog.categories(fid)[0]
         query = self.holder.current.item_vectors(fid, [category])
         scores, labels = self.index.search(query, k + 1)
         names = self.catalog.names(labels[0][labels[0] >= 0].view(np.uint64))
@@ -213,7 +180,7 @@ class Recommender:
         """Recently served users nearest to ``user_id`` by user-tower vector; None if the user is not synced."""
         if not self.user_known(user_id):
             return None
-        recent = self.reader.users([user_id])[0]["recent_items"][: self.config.recent_for_tower]
+        recent = self.reader.recent_items(user_id)[: self.config.recent_for_tower]
         query = self.holder.current.scorer.embed_users([user_id], [recent])[0]
         return [(n, s) for n, s in users.nearest(query, k + 1) if n != user_id][:k]
 
@@ -226,18 +193,77 @@ class Recommender:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _cold_start(self, k: int, blocked: set[str]) -> list[tuple[str, float]]:
+    def _retrieve(self, user_id: str, k: int, context: Mapping[str, Any] | None, exclude: Sequence[str],
+                  seen: list[str]) -> "_Plan":
+        """Stage 1 (no I/O): blocked items, the user vector and the named candidates to rank."""
+        blocked = set(exclude) | set(seen)
+        if not self.user_known(user_id):
+            return _Plan(user_id, k, context, blocked, cold_start=True)
+        model = self.holder.current
+        recent = seen[: self.config.recent_for_tower]
+        user_vec = model.scorer.embed_users([user_id], [recent], [dict(context or {})])
+        depth = min(self.config.candidates, 2 * self.config.ranked) + len(blocked)
+        _, labels = self.index.search(user_vec, min(depth, 4096))
+        fids = labels[0][labels[0] >= 0].view(np.uint64)
+        if blocked:
+            fids = fids[~np.isin(fids, self.catalog.feature_ids(sorted(blocked)))]
+        named = [(f, n) for f, n in zip(fids.tolist(), self.catalog.names(fids)) if n is not None]
+        named = named[: self.config.ranked]
+        if not named:
+            return _Plan(user_id, k, context, blocked, cold_start=True, user_vector=user_vec[0])
+        return _Plan(user_id, k, context, blocked, False, user_vec[0], model, recent,
+                     np.array([f for f, _ in named], dtype=np.uint64), [n for _, n in named])
+
+    def _rank(self, plan: "_Plan", reads: RealtimeReads) -> Recommendation:
+        """Stage 2 (no I/O): the ranking head over the candidates, then the business rules."""
+        assert plan.model is not None and reads.categories is not None
+        categories = [c or f for c, f in zip(reads.categories, self.catalog.categories(plan.fids))]
+        scores = plan.model.score_candidates(plan.user_id, plan.recent, plan.context, plan.fids, categories,
+                                             reads.dense)
+        is_new = reads.item_counts[:, ITEM_COUNTS.index("impression_24h")] == 0
+        cap = max(1, math.ceil(self.config.max_category_share * plan.k))
+        explore = int(self.config.explore_share * plan.k)
+        picked = apply_rules(plan.names, scores, categories, is_new, plan.blocked, plan.k, cap, explore)
+        return Recommendation([(plan.names[i], float(scores[i])) for i in picked], cold_start=False,
+                              user_vector=plan.user_vector)
+
+    def _score(self, user_id: str, recent: list[str], item_ids: Sequence[str], context: Mapping[str, Any] | None,
+               reads: RealtimeReads) -> np.ndarray:
+        fids = feature_ids(self.slots.item, list(item_ids))
+        assert reads.categories is not None
+        categories = [c or f for c, f in zip(reads.categories, self.catalog.categories(fids))]
+        return self.holder.current.score_candidates(user_id, recent, context, fids, categories, reads.dense)
+
+    @staticmethod
+    def _cold_start(k: int, blocked: set[str],
+                    top: Callable[[str, int], list[tuple[str, float]]]) -> list[tuple[str, float]]:
         """Trending items, then popular ones, minus blocked items, with their decayed scores."""
         out: list[tuple[str, float]] = []
         seen: set[str] = set()
         for ranking in ("trending", "popular"):
-            for name, score in self.reader.top(ranking, k + len(blocked)):
+            for name, score in top(ranking, k + len(blocked)):
                 if name not in blocked and name not in seen:
                     out.append((name, score))
                     seen.add(name)
                 if len(out) >= k:
                     return out
         return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What retrieval hands to ranking: the request, its blocked items and the candidates."""
+
+    user_id: str
+    k: int
+    context: Mapping[str, Any] | None
+    blocked: set[str]
+    cold_start: bool
+    user_vector: np.ndarray | None = None
+    model: ServingModel | None = None
+    recent: list[str] = field(default_factory=list)
+    fids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    names: list[str] = field(default_factory=list)
 
 
 class RecentUsers:

@@ -9,8 +9,9 @@ One :meth:`SyncLoop.sync_once`:
    index that replaces the old one (the item tower changed, so every vector did);
 3. otherwise only the items whose rows changed (or whose name/category was just learned) are
    re-embedded and upserted into the index, and evicted items are removed from it;
-4. item names: the trending/popular rankings of the feature store are read (their categories in
-   one more call for the names not seen before), see :mod:`serving.catalog`.
+4. item names and categories: the entries of the feature store's item catalogue added or changed
+   since the last sync (:meth:`features.reader.FeatureReader.catalog_since`), see
+   :mod:`serving.catalog`; a changed category re-embeds the item.
 
 A failed sync logs, counts ``rtrec_serving_sync_errors`` and leaves the previous state serving;
 items it could not re-index are retried on the next sync.
@@ -38,9 +39,10 @@ __all__ = ["SyncLoop", "version_number"]
 
 log = logging.getLogger(__name__)
 
-#: Items read from each feature-store ranking per sync to learn item names: the head of each
-#: ranking, small enough that a sync holds the GIL for ~1 ms here, not tens of ms.
-RANKING_NAMES = 2_000
+#: Catalogue entries read per call; a sync reads at most CATALOG_PER_SYNC (the rest next time),
+#: so a first sync over millions of items does not hold the GIL for seconds at a time.
+CATALOG_CHUNK = 20_000
+CATALOG_PER_SYNC = 200_000
 #: Re-embed items in chunks of this many (bounds the memory of one tower pass).
 EMBED_CHUNK = 65_536
 
@@ -68,6 +70,7 @@ class SyncLoop:
         self.syncs = 0
         self.synced_at = 0.0
         self._item_table = "item_id"
+        self._catalog_cursor = 0
         self._pending = np.empty(0, dtype=np.uint64)  # item IDs still to (re-)embed
         self._pending_lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -99,6 +102,9 @@ class SyncLoop:
                 self._reindex_all()
             else:
                 self._reindex(removed)
+                if self.index.wants_rebuild():
+                    log.info("index of %d items (%s) due for a rebuild", len(self.index), self.index.kind)
+                    self._reindex_all()
             self.syncs += 1
             self.synced_at = time.time()
             evicted = int(sum(r.size for r in applied.removed.values()))
@@ -147,15 +153,19 @@ class SyncLoop:
         return True
 
     def _learn_names(self) -> None:
-        """Learn item names (and categories) from the feature store's rankings; mark them for indexing."""
+        """Learn item names and categories from the feature store's catalogue; mark them for indexing."""
         if self.reader is None:
             return
-        names = {n for ranking in ("trending", "popular") for n, _ in self.reader.top(ranking, RANKING_NAMES)}
-        fids = self.catalog.feature_ids(sorted(names)) if names else np.empty(0, dtype=np.uint64)
-        new = [n for n, learned in zip(sorted(names), self.catalog.learned(fids)) if not learned]
-        if new:
-            categories = [f.get("category") for f in self.reader.items(new)]
-            self.note_items(self.catalog.learn(new, categories))
+        for _ in range(CATALOG_PER_SYNC // CATALOG_CHUNK):
+            entries, cursor = self.reader.catalog_since(self._catalog_cursor, CATALOG_CHUNK)
+            if cursor < self._catalog_cursor:
+                log.warning("the feature store's catalogue restarted (Redis emptied?); reading it again")
+            self._catalog_cursor = cursor
+            if entries:
+                names, categories = zip(*entries)
+                self.note_items(self.catalog.learn(list(names), list(categories)))
+            if len(entries) < CATALOG_CHUNK:
+                return
 
     def _reindex(self, removed: np.ndarray) -> None:
         """Re-embed the pending items that are synced and named; drop removed items from the index."""
@@ -174,13 +184,16 @@ class SyncLoop:
             raise
 
     def _reindex_all(self) -> None:
-        """Every named, synced item embedded by the current model into a fresh index, then swapped in."""
+        """Every named, synced item embedded by the current model into a fresh index (of the kind
+        its size calls for, see :mod:`serving.index`), then swapped in."""
         with self._pending_lock:
             self._pending = np.empty(0, dtype=np.uint64)
         fids = self.mirror.table(self._item_table).ids()
         fids = np.sort(fids[self.catalog.known(fids)])
-        fresh = ItemIndex(self.index.dim)
+        vectors = np.empty((fids.size, self.index.dim), dtype=np.float32)
         for lo in range(0, fids.size, EMBED_CHUNK):
             chunk = fids[lo:lo + EMBED_CHUNK]
-            fresh.upsert(as_faiss_ids(chunk), self.holder.current.item_vectors(chunk, self.catalog.categories(chunk)))
+            vectors[lo:lo + chunk.size] = self.holder.current.item_vectors(chunk, self.catalog.categories(chunk))
+        fresh = ItemIndex.build(self.index.dim, as_faiss_ids(fids), vectors, self.index.plan)
         self.index.swap_from(fresh)
+        log.info("index rebuilt: %d items, %s", len(fresh), fresh.kind)

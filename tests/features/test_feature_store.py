@@ -188,3 +188,71 @@ def test_realtime_features_follow_the_readers_smoothed_values(redis_url: str) ->
         assert x[row, col["item_log_impressions_1h"]] == pytest.approx(np.log1p(item["counts"].get("impression_1h", 0)))
     assert x[:, col["user_log_clicks_1h"]].tolist() == pytest.approx([np.log1p(6)] * 3)
     assert x[0, col["item_log_clicks_1h"]] == pytest.approx(np.log1p(6)) and x[1, col["item_log_clicks_1h"]] == 0
+
+
+def test_catalogue_returns_only_items_added_or_changed_since_the_cursor(store) -> None:
+    writer, reader, _ = store
+    t = 1_700_000_000.0
+    writer.write_many([Event("a1", "u", "shoe", "impression", t, item={"category": "shoes"}),
+                       Event("a2", "u", "mystery", "click", t + 1)])
+    first, cursor = reader.catalog_since(0)
+    assert sorted(first) == [("mystery", None), ("shoe", "shoes")]
+    writer.write_many([Event("b1", "v", "shoe", "click", t + 2, item={"category": "shoes"}),
+                       Event("b2", "v", "mystery", "click", t + 3)])
+    assert reader.catalog_since(cursor) == ([], cursor)  # nothing new: same entries, same categories
+    writer.write_many([Event("c1", "v", "mystery", "click", t + 4, item={"category": "toys"}),
+                       Event("c2", "v", "hat", "impression", t + 5)])
+    later, cursor2 = reader.catalog_since(cursor)
+    assert sorted(later) == [("hat", None), ("mystery", "toys")] and cursor2 > cursor
+    assert sorted(reader.catalog_since(0)[0]) == [("hat", None), ("mystery", "toys"), ("shoe", "shoes")]
+
+
+def test_catalogue_keeps_the_most_recently_changed_items_within_its_size(redis_url: str) -> None:
+    config = FeatureConfig(windows=WINDOWS, prefix=f"t{uuid.uuid4().hex[:8]}:", catalog_size=3)
+    client = redis.Redis.from_url(redis_url)
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    for k in range(5):
+        writer.write_many([Event(f"e{k}", "u", f"i{k}", "impression", 1_700_000_000.0 + k)])
+    assert sorted(name for name, _ in reader.catalog_since(0)[0]) == ["i2", "i3", "i4"]
+    assert client.hlen(f"{config.prefix}items") == 3
+    assert all(client.ttl(f"{config.prefix}{key}") > 0 for key in ("items", "items:log", "items:seq"))
+
+
+def test_a_cursor_ahead_of_an_emptied_store_starts_over(store) -> None:
+    _, reader, _ = store
+    assert reader.catalog_since(1_000) == ([], 0)
+
+
+def test_recent_items_are_newest_first(store) -> None:
+    writer, reader, _ = store
+    t = 1_700_000_000.0
+    writer.write_many([Event(f"r{k}", "ann", f"i{k}", "click", t + k) for k in range(3)])
+    assert reader.recent_items("ann") == ["i2", "i1", "i0"] and reader.recent_items("nobody") == []
+
+
+def test_realtime_reads_bring_raw_item_counts_and_catalogue_categories(redis_url: str) -> None:
+    from features.realtime import ITEM_COUNTS, read_realtime
+
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+    client = redis.Redis.from_url(redis_url)
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    t = 1_700_000_000.0
+    writer.write_many([Event(f"i{k}", "ann", "hot", "impression", t + k, item={"category": "hats"})
+                       for k in range(3)] + [Event("c0", "ann", "hot", "click", t + 5)])
+    reads = read_realtime(reader, ["ann"], ["hot", "unseen", "hot"], categories=True)
+    assert reads.categories == ["hats", None, "hats"]
+    assert reads.item_counts[:, ITEM_COUNTS.index("impression_1h")].tolist() == [3, 0, 3]
+    assert reads.item_counts[:, ITEM_COUNTS.index("click_1h")].tolist() == [1, 0, 1]
+    assert read_realtime(reader, ["ann"], ["hot"]).categories is None
+
+
+def test_realtime_reads_survive_redis_losing_its_scripts(redis_url: str) -> None:
+    from features.realtime import read_realtime_features
+
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+    client = redis.Redis.from_url(redis_url)
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    writer.write_many([Event("e0", "ann", "hot", "impression", 1_700_000_000.0)])
+    before = read_realtime_features(reader, ["ann"], ["hot"])
+    client.script_flush()  # what a restarted Redis looks like to a reader
+    assert read_realtime_features(reader, ["ann"], ["hot"]).tolist() == before.tolist()
