@@ -108,6 +108,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from evaluation.cli import run
+
+    return run(args, settings.torch_threads)
+
+
 def _producer(settings: Settings):
     from producers.client import EventProducer
 
@@ -163,11 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     rep.set_defaults(func=cmd_replay)
 
+    from evaluation.cli import add_arguments as add_eval_arguments
+
+    ev = sub.add_parser("eval", help="prequential evaluation on logged data, with baselines and a report")
+    add_eval_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
+
     for name, module, issue, text in (
         ("param-server", "param_server.main", "issue 3", "run one parameter-server shard"),
         ("worker", "stream_workers.main", "issue 4", "run one stream worker"),
         ("serve", "serving.main", "issue 5", "run the serving HTTP API"),
-        ("eval", "rtrec.evaluation", "issue 6", "prequential evaluation on logged data"),
     ):
         sub.add_parser(name, help=text).set_defaults(func=cmd_component(name, module, issue))
     return parser

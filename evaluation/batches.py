@@ -1,0 +1,72 @@
+"""A batch of consecutive events of an :class:`~evaluation.stream.EvalStream`, as rankers see it.
+
+Rankers score a whole batch at once (one matrix product) and learn from it afterwards; what each
+event may know about its user was fixed by the stream, so the batch size only decides how stale
+the *learned* state is (at most the batch's own earlier events are missing).
+
+>>> from rtrec.events import Event
+>>> from evaluation.stream import EvalStream
+>>> stream = EvalStream.from_events([Event(str(n), u, i, "click", float(n)) for n, (u, i) in
+...     enumerate([("a", "x"), ("a", "y"), ("b", "z"), ("a", "z")])])
+>>> batch = EvalBatch(stream, np.array([2, 3]))
+>>> batch.candidates().astype(int).tolist()
+[[1, 1, 0], [0, 0, 1]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from evaluation.stream import EvalStream
+
+__all__ = ["EvalBatch"]
+
+
+@dataclass
+class EvalBatch:
+    """Events ``events`` (indices into ``stream``, in order) and their per-event arrays."""
+
+    stream: EvalStream
+    events: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.events.size)
+
+    @property
+    def users(self) -> np.ndarray:
+        return self.stream.users[self.events]
+
+    @property
+    def items(self) -> np.ndarray:
+        return self.stream.items[self.events]
+
+    @property
+    def ts(self) -> np.ndarray:
+        return self.stream.ts[self.events]
+
+    @property
+    def recent(self) -> np.ndarray:
+        return self.stream.recent[self.events]
+
+    @property
+    def n_seen(self) -> np.ndarray:
+        return self.stream.n_seen[self.events]
+
+    def histories(self, window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Flat (row in batch, item) pairs of each user's earlier items (the last ``window`` only)."""
+        rows, items = self.stream.histories(self.events)
+        if window is None or rows.size == 0:
+            return rows, items
+        lengths = np.bincount(rows, minlength=len(self))
+        from_end = np.repeat(np.cumsum(lengths), lengths) - np.arange(rows.size)  # 1 = the latest
+        keep = from_end <= window
+        return rows[keep], items[keep]
+
+    def candidates(self) -> np.ndarray:
+        """``(B, n_items)`` mask: items seen before each event that its user has not acted on."""
+        mask = np.arange(self.stream.n_items)[None, :] < self.n_seen[:, None]
+        rows, items = self.histories()
+        mask[rows, items] = False
+        return mask

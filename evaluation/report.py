@@ -1,0 +1,100 @@
+"""The report folder of a run: ``summary.md`` (table + run facts), ``results.json``, PNG plots.
+
+Plots show each metric per period of event time (a week by default), one line per variant, so
+the reader sees when the model overtakes the baselines and how stale weights hurt over time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.metrics import METRIC_NAMES
+from evaluation.config import EvalConfig
+from evaluation.runner import EvalResult
+
+__all__ = ["summary_line", "write_report"]
+
+
+def summary_line(dataset: str, result: EvalResult) -> dict:
+    """The last stdout line: dataset, event count, and each variant's overall metrics."""
+    return {"dataset": dataset, "events": result.events, **result.summary(),
+            "evaluated": result.evaluated, "seconds": round(result.seconds, 1)}
+
+
+def write_report(out: Path, dataset: str, result: EvalResult, config: EvalConfig) -> list[Path]:
+    """Write summary.md, results.json and one PNG per metric into ``out``; returns the files."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [_plot(out / f"{name.replace('@', '_at_')}.png", name, result, config.period_s)
+             for name in METRIC_NAMES]
+    results = out / "results.json"
+    results.write_text(json.dumps({"summary": summary_line(dataset, result), "config": asdict(config),
+                                   "over_time": _over_time(result, config.period_s)}, indent=2, default=str))
+    summary = out / "summary.md"
+    summary.write_text(_markdown(dataset, result, config, [p.name for p in files]))
+    return [summary, results, *files]
+
+
+def _over_time(result: EvalResult, period_s: float) -> dict:
+    series = {}
+    for name, log in result.logs.items():
+        starts, means, counts = log.over_time(period_s)
+        series[name] = {"period_start": starts.tolist(), "events": counts.tolist(),
+                        **{k: np.round(v, 4).tolist() for k, v in means.items()}}
+    return series
+
+
+def _plot(path: Path, metric: str, result: EvalResult, period_s: float) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, log in result.logs.items():
+        starts, means, _ = log.over_time(period_s)
+        dates = [datetime.fromtimestamp(s, tz=timezone.utc) for s in starts]
+        ax.plot(dates, means[metric], marker=".", label=name)
+    ax.set_title(f"{metric} per {period_s / 86_400:g} days of event time (prequential)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _markdown(dataset: str, result: EvalResult, config: EvalConfig, plots: list[str]) -> str:
+    summary = result.summary()
+    rows = [f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['mrr']:.4f} | "
+            f"{result.seconds_by_variant.get(name, 0.0):.1f} |" for name, m in summary.items()]
+    lines = [f"# Prequential evaluation: {dataset}", "",
+             f"{result.events} events; the first {result.warmup_events} are warm-up (learned, not "
+             f"evaluated); {result.evaluated} evaluated; {result.repeats_skipped} repeated (user, item) "
+             f"pairs learned but not evaluated. Wall time {result.seconds:.1f} s.", "",
+             "| variant | HR@10 | NDCG@10 | MRR | seconds |", "|---|---|---|---|---|", *rows, "",
+             f"Events are ranked and learned in batches of up to {config.batch_size} (never across a "
+             "day boundary); `batch` shares the `model`'s training, its seconds are ranking only.", "",
+             *_comparisons(summary), "", "## Configuration", "", "```json",
+             json.dumps(asdict(config), indent=2, default=str), "```", "", "## Over time", "",
+             *[f"![{p}]({p})" for p in plots], ""]
+    return "\n".join(lines)
+
+
+def _comparisons(summary: dict[str, dict[str, float]]) -> list[str]:
+    """The acceptance ratios of issue 6, for whichever variants ran."""
+    if "model" not in summary:
+        return []
+    model = summary["model"]["hr@10"]
+    out = []
+    for other in ("popularity", "trending", "batch", "hashed", "cooccurrence"):
+        if other in summary and summary[other]["hr@10"] > 0:
+            value = summary[other]["hr@10"]
+            out.append(f"- model HR@10 / {other} HR@10 = {model / value:.3f} (gap {model - value:+.4f})")
+    return out
