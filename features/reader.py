@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import orjson
 import redis
 import redis.asyncio
 
@@ -149,15 +150,19 @@ class FeatureReader:
                 for r, found in zip(rankings, rows)}
 
     def window_counts(self, kind: str, ids: Sequence[str], names: Sequence[str],
-                      pipe: redis.client.Pipeline | None = None) -> np.ndarray | None:
+                      pipe: redis.client.Pipeline | None = None, extras: bool = False) -> np.ndarray | None:
         """Counts ``names`` (``"<action>_<window>"``) of users (``kind="u"``), items (``"i"``) or the
         stream (``"g"``, one row), summed inside Redis: ``int64 (len(ids), len(names))``.
 
         With ``pipe`` the call is queued there (returns None); decode its reply with
-        :func:`counts_array`. This is the fast path for many entities (serving, training).
+        :func:`counts_array`. This is the fast path for many entities (serving, training). With
+        ``extras`` (items, queued on a pipe) the reply is ``[counts, trending log-scores,
+        catalogue categories]``, the last two with None where absent.
         """
         if kind not in ("u", "i", "g"):
             raise ValueError(f"kind must be u, i or g, got {kind!r}")
+        if extras and (kind != "i" or pipe is None):
+            raise ValueError("extras are read for items, on a pipeline")
         args: list = [self.config.prefix, kind, len(names)]
         for name in names:
             action, _, window = name.rpartition("_")
@@ -165,7 +170,8 @@ class FeatureReader:
             if spec is None or not action:
                 raise ValueError(f"unknown count {name!r}: expected <action>_<window> with a configured window")
             args += [window, action, spec.bucket_s, spec.slots]
-        args += ["-"] if kind == "g" else list(ids)
+        args.append(orjson.dumps(["-"] if kind == "g" else list(ids)))
+        args.append("1" if extras else "0")
         if pipe is not None:
             # EVALSHA, not the Script object: a pipeline holding Script calls first asks Redis
             # SCRIPT EXISTS, one more round trip per pipeline (see run_pipeline for a missing script).

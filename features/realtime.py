@@ -73,21 +73,18 @@ class RealtimeQuery:
         if len(user_ids) not in (1, self.n):
             raise ValueError(f"user_ids must have 1 or {self.n} entries, got {len(user_ids)}")
         self.reader, self.categories = reader, categories
-        self.users, self.user_row = np.unique(np.asarray(user_ids, dtype=str), return_inverse=True)
-        self.items, self.item_row = np.unique(np.asarray(item_ids, dtype=str), return_inverse=True)
+        self.users, self.user_row = _dedupe(user_ids)
+        self.items, self.item_row = _dedupe(item_ids)
 
     def build(self, pipe: redis.client.Pipeline) -> None:
-        reader, prefix, items = self.reader, self.reader.config.prefix, self.items.tolist()
-        reader.window_counts("i", items, ITEM_COUNTS, pipe)
-        reader.window_counts("u", self.users.tolist(), USER_COUNTS, pipe)
+        reader = self.reader
+        reader.window_counts("i", self.items, ITEM_COUNTS, pipe, extras=True)
+        reader.window_counts("u", self.users, USER_COUNTS, pipe)
         reader.window_counts("g", [], ITEM_COUNTS, pipe)
-        pipe.zmscore(keys.ranking(prefix, "trending"), items or [""])
-        pipe.get(keys.watermark(prefix))
-        if self.categories:
-            pipe.hmget(keys.catalog(prefix), items or [""])
+        pipe.get(keys.watermark(reader.config.prefix))
 
     def decode(self, replies: list) -> RealtimeReads:
-        item_reply, user_reply, stream_reply, trending, wm, *cats = replies
+        (item_reply, trending, cats), user_reply, stream_reply, wm = replies
         n, item_row, config = self.n, self.item_row, self.reader.config
         raw_item_counts = counts_array(item_reply, len(ITEM_COUNTS))[item_row]
         item_counts = raw_item_counts.astype(np.float64)
@@ -96,7 +93,7 @@ class RealtimeQuery:
         a = config.ctr_prior_strength
         p0_1h = stream[1] / stream[0] if stream[0] else 0.0
         p0_24h = stream[3] / stream[2] if stream[2] else 0.0
-        log_score = np.array([np.nan if s is None else s for s in trending], dtype=np.float64)[item_row]
+        log_score = np.array([np.nan if s is None else float(s) for s in trending], dtype=np.float64)[item_row]
         decayed = np.exp(np.minimum(log_score - float(wm or 0.0) / config.trending_tau_s, 50.0))
         columns = {
             "item_log_impressions_1h": np.log1p(item_counts[:, 0]),
@@ -109,5 +106,15 @@ class RealtimeQuery:
             "user_log_clicks_24h": np.log1p(user_counts[:, 2]),
         }
         dense = np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
-        named = [c.decode() or None if c is not None else None for c in cats[0]] if cats else None
-        return RealtimeReads(dense, raw_item_counts, [named[r] for r in item_row] if named is not None else None)
+        if not self.categories:
+            return RealtimeReads(dense, raw_item_counts)
+        named = [c.decode() or None if c is not None else None for c in cats]
+        return RealtimeReads(dense, raw_item_counts, [named[r] for r in item_row])
+
+
+def _dedupe(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct values in first-seen order and each value's position among them (dict-based: cheaper
+    than sorting strings with ``np.unique`` for the tens to thousands of IDs of one read)."""
+    position: dict[str, int] = {}
+    inverse = [position.setdefault(str(v), len(position)) for v in values]  # per value: one dict op
+    return list(position), np.asarray(inverse, dtype=np.int64)

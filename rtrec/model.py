@@ -180,8 +180,11 @@ class RecModel(nn.Module):
     def user_vectors(self, user: Tensor, recent: Tensor, recent_mask: Tensor, context: Tensor,
                      context_mask: Tensor) -> Tensor:
         """``u`` of the user tower, ``(B, D)``."""
-        x = torch.cat([user, masked_mean(recent, recent_mask), masked_mean(context, context_mask)], dim=1)
-        return self._finish(self.user_tower(x))
+        return self.user_vector_from(user, masked_mean(recent, recent_mask), masked_mean(context, context_mask))
+
+    def user_vector_from(self, user: Tensor, recent_mean: Tensor, context_mean: Tensor) -> Tensor:
+        """``u`` from the user's row and the means of its recent-item and context rows, ``(B, D)``."""
+        return self._finish(self.user_tower(torch.cat([user, recent_mean, context_mean], dim=1)))
 
     def item_vectors(self, item: Tensor, category: Tensor) -> Tensor:
         """``v`` of the item tower, ``(B, D)``."""
@@ -202,14 +205,20 @@ class RecModel(nn.Module):
             raise ValueError(f"dense features must be ({batch}, {self.config.n_dense}), got {tuple(dense.shape)}")
         recent = masked_mean(fields.recent, fields.recent_mask)
         context = masked_mean(fields.context, fields.context_mask)
-        u = self._finish(self.user_tower(torch.cat([fields.user, recent, context], dim=1)))
+        u = self.user_vector_from(fields.user, recent, context)
         v = self.item_vectors(fields.item, fields.category)
-        x0 = torch.cat([fields.user, recent, context, fields.item, fields.category, u * v, dense], dim=1)
+        return ModelOutput(u, v, self.rank_logits(fields.user, recent, context, u, fields.item, fields.category, v,
+                                                  dense))
+
+    def rank_logits(self, user: Tensor, recent_mean: Tensor, context_mean: Tensor, u: Tensor, item: Tensor,
+                    category: Tensor, v: Tensor, dense: Tensor) -> Tensor:
+        """The ranking head's logits ``(B, heads)`` from the pieces :meth:`forward` computes (serving
+        computes the user's once per request and broadcasts them over the candidates)."""
+        x0 = torch.cat([user, recent_mean, context_mean, item, category, u * v, dense], dim=1)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
-        trunk = torch.cat([x, self.deep(x0)], dim=1)
-        return ModelOutput(u, v, self.heads(trunk))
+        return self.heads(torch.cat([x, self.deep(x0)], dim=1))
 
     # -- dense weights as named arrays ---------------------------------------------------------
 

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
+# pydantic parses request bodies from the raw JSON bytes and refuses lone surrogates itself (422).
 EntityId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 ContextValue = Annotated[str, StringConstraints(max_length=256)] | float | bool
 Context = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], ContextValue],
@@ -110,6 +112,12 @@ class Serving:
     recent_users: RecentUsers
     impressions: ImpressionLog | None = None
     api_key: str = ""
+
+
+def _json(body: dict) -> Response:
+    """A JSON response encoded by orjson, skipping FastAPI's re-validation of what the handler built
+    (``response_model`` still documents the shape in the OpenAPI document)."""
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -200,7 +208,7 @@ def create_app(serving: Serving) -> FastAPI:
                               synced_at=serving.sync.synced_at)
 
     @app.post("/recommend", response_model=RecommendResponse)
-    async def recommend(body: RecommendRequest) -> RecommendResponse:
+    async def recommend(body: RecommendRequest) -> Response:
         result = await rec.recommend_async(body.user_id, body.k, body.context, body.exclude)
         request_id = uuid.uuid4().hex
         metrics.recommendations.labels("cold_start" if result.cold_start else "model").inc()
@@ -208,15 +216,15 @@ def create_app(serving: Serving) -> FastAPI:
             serving.recent_users.add(body.user_id, result.user_vector)
         if serving.impressions is not None and result.items:
             names = [name for name, _ in result.items]
-            cats = rec.catalog.categories(rec.catalog.feature_ids(names))
+            cats = result.categories or rec.catalog.categories(rec.catalog.feature_ids(names))
             serving.impressions.log(request_id, body.user_id, list(zip(names, cats)), body.context)
-        return RecommendResponse(request_id=request_id, model_version=serving.sync.model_version,
-                                 items=[ScoredItem(item_id=n, score=s) for n, s in result.items])
+        return _json({"request_id": request_id, "model_version": serving.sync.model_version,
+                      "items": [{"item_id": n, "score": s} for n, s in result.items]})
 
     @app.post("/score", response_model=ScoreResponse)
-    async def score(body: ScoreRequest) -> ScoreResponse:
+    async def score(body: ScoreRequest) -> Response:
         scores = await rec.score_async(body.user_id, body.item_ids, body.context)
-        return ScoreResponse(model_version=serving.sync.model_version, scores=[float(s) for s in scores])
+        return _json({"model_version": serving.sync.model_version, "scores": [float(s) for s in scores]})
 
     @app.get("/similar/items/{item_id}")
     async def similar_items(item_id: Annotated[str, Path(min_length=1, max_length=256)],

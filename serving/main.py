@@ -135,7 +135,7 @@ def _async_redis(url: str) -> redis.asyncio.Redis:
 def _sender_env(settings: Any) -> dict[str, str]:
     """The impression sender's environment: ours, with the producer settings this process runs with."""
     return {**os.environ, "RTREC_KAFKA": settings.kafka, "RTREC_ACTIONS_TOPIC": settings.actions_topic,
-            "RTREC_PRODUCER_LINGER_MS": str(settings.producer_linger_ms),
+            "RTREC_IMPRESSION_LINGER_MS": str(settings.impression_linger_ms),
             "RTREC_PRODUCER_BATCH_BYTES": str(settings.producer_batch_bytes), "RTREC_LOG_LEVEL": settings.log_level}
 
 

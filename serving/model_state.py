@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from features.ids import feature_ids
-from rtrec.model import ModelConfig, RecModel, SparseFields
+from rtrec.model import ModelConfig, RecModel, masked_mean
 from serving.mirror import ParamMirror
 from stream_workers.examples import ModelSlots, context_strings, slot_ids
 from stream_workers.trainer import Scorer, pull_rows
 
-__all__ = ["ServingModel", "ModelHolder"]
+__all__ = ["ServingModel", "ModelHolder", "UserSide"]
 
 
 @dataclass(frozen=True)
@@ -52,31 +52,55 @@ class ServingModel:
             return self.model.item_vectors(items, torch.from_numpy(cat_rows)).numpy()
 
 
+    def user_side(self, user_id: str, recent: Sequence[str], context: Mapping[str, Any] | None) -> UserSide:
+        """The user's part of the model, computed once per request: rows pulled, means and tower vector."""
+        slots = self.scorer.slots
+        user = feature_ids(slots.user, [user_id])
+        recent_ids, recent_valid = slot_ids(slots.item, np.array(list(recent) or [""], dtype=str))
+        ctx_ids, ctx_valid = slot_ids(slots.context, context_strings([context])[0])
+        with torch.no_grad():
+            pulled = pull_rows(self.scorer.params, [(user, np.ones(1, dtype=bool)), (ctx_ids, ctx_valid),
+                                                    (recent_ids, recent_valid)], slots.dim)
+            u, ctx, rec = pulled.fields
+            recent_mean = masked_mean(rec[None], torch.from_numpy(recent_valid[None]))
+            context_mean = masked_mean(ctx[None], torch.from_numpy(ctx_valid[None]))
+            return UserSide(u, recent_mean, context_mean, self.model.user_vector_from(u, recent_mean, context_mean))
+
+    def score_with(self, side: UserSide, item_fids: np.ndarray, categories: Sequence[str | None],
+                   dense: np.ndarray) -> np.ndarray:
+        """Click probabilities ``(n,)`` of ``n`` candidate items (by feature ID) for the user of ``side``."""
+        slots, n = self.scorer.slots, len(item_fids)
+        cats = np.array(["" if c is None else str(c) for c in categories] or [""], dtype=str)[:n]
+        cat_ids, cat_valid = slot_ids(slots.category, cats)
+        with torch.no_grad():
+            pulled = pull_rows(self.scorer.params, [(np.asarray(item_fids, dtype=np.uint64), np.ones(n, dtype=bool)),
+                                                    (cat_ids, cat_valid)], slots.dim)
+            items, cat_rows = pulled.fields
+            v = self.model.item_vectors(items, cat_rows)
+            logits = self.model.rank_logits(side.user.expand(n, -1), side.recent_mean.expand(n, -1),
+                                            side.context_mean.expand(n, -1), side.vector.expand(n, -1), items,
+                                            cat_rows, v, torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)))
+            return torch.sigmoid(logits[:, 0]).numpy()
+
     def score_candidates(self, user_id: str, recent: Sequence[str], context: Mapping[str, Any] | None,
                          item_fids: np.ndarray, categories: Sequence[str | None], dense: np.ndarray) -> np.ndarray:
         """Click probabilities ``(n,)`` of one user with ``n`` candidate items given by feature ID.
 
         The same numbers as ``Scorer.score_many(ExampleBatch.for_scoring(...))``, but the user's
-        fields (user row, recent items, context) are mapped and pulled once and broadcast over
-        the candidates instead of being padded, hashed and gathered once per candidate.
+        fields (user row, recent items, context) are mapped, pulled and run through the user tower
+        once and broadcast over the candidates instead of once per candidate.
         """
-        slots, n = self.scorer.slots, len(item_fids)
-        user = feature_ids(slots.user, [user_id])
-        recent_ids, recent_valid = slot_ids(slots.item, np.array(list(recent) or [""], dtype=str))
-        ctx_ids, ctx_valid = slot_ids(slots.context, context_strings([context])[0])
-        cats = np.array(["" if c is None else str(c) for c in categories] or [""], dtype=str)[:n]
-        cat_ids, cat_valid = slot_ids(slots.category, cats)
-        with torch.no_grad():
-            pulled = pull_rows(self.scorer.params, [
-                (user, np.ones(1, dtype=bool)), (np.asarray(item_fids, dtype=np.uint64), np.ones(n, dtype=bool)),
-                (cat_ids, cat_valid), (ctx_ids, ctx_valid), (recent_ids, recent_valid)], slots.dim)
-            u, items, cat_rows, ctx, rec = pulled.fields
-            ctx_mask = torch.from_numpy(ctx_valid.astype(np.float32))[None].expand(n, -1)
-            rec_mask = torch.from_numpy(recent_valid.astype(np.float32))[None].expand(n, -1)
-            fields = SparseFields(u.expand(n, -1), items, cat_rows, ctx[None].expand(n, -1, -1), ctx_mask,
-                                  rec[None].expand(n, -1, -1), rec_mask)
-            logits = self.model(fields, torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))).logits
-            return torch.sigmoid(logits[:, 0]).numpy()
+        return self.score_with(self.user_side(user_id, recent, context), item_fids, categories, dense)
+
+
+@dataclass(frozen=True)
+class UserSide:
+    """The user's tensors of one request, ``(1, d)`` rows/means and the ``(1, D)`` tower vector."""
+
+    user: torch.Tensor
+    recent_mean: torch.Tensor
+    context_mean: torch.Tensor
+    vector: torch.Tensor
 
 
 class ModelHolder:

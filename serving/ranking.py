@@ -27,7 +27,7 @@ from features.realtime import ITEM_COUNTS, RealtimeReads, read_realtime, read_re
 from serving.catalog import ItemCatalog
 from serving.index import ItemIndex
 from serving.mirror import ParamMirror
-from serving.model_state import ModelHolder, ServingModel
+from serving.model_state import ModelHolder, ServingModel, UserSide
 from stream_workers.examples import ModelSlots
 
 __all__ = ["RankingConfig", "Recommendation", "Recommender", "apply_rules"]
@@ -71,6 +71,7 @@ class Recommendation:
     items: list[tuple[str, float]]
     cold_start: bool
     user_vector: np.ndarray | None = None
+    categories: list[str | None] | None = None  # of ``items``, where ranking knew them
 
 
 def apply_rules(names: Sequence[str], scores: np.ndarray, categories: Sequence[str | None],
@@ -201,7 +202,8 @@ class Recommender:
             return _Plan(user_id, k, context, blocked, cold_start=True)
         model = self.holder.current
         recent = seen[: self.config.recent_for_tower]
-        user_vec = model.scorer.embed_users([user_id], [recent], [dict(context or {})])
+        side = model.user_side(user_id, recent, context)
+        user_vec = side.vector.numpy()
         depth = min(self.config.candidates, 2 * self.config.ranked) + len(blocked)
         _, labels = self.index.search(user_vec, min(depth, 4096))
         fids = labels[0][labels[0] >= 0].view(np.uint64)
@@ -211,21 +213,21 @@ class Recommender:
         named = named[: self.config.ranked]
         if not named:
             return _Plan(user_id, k, context, blocked, cold_start=True, user_vector=user_vec[0])
-        return _Plan(user_id, k, context, blocked, False, user_vec[0], model, recent,
+        return _Plan(user_id, k, context, blocked, False, user_vec[0], model, side,
                      np.array([f for f, _ in named], dtype=np.uint64), [n for _, n in named])
 
     def _rank(self, plan: "_Plan", reads: RealtimeReads) -> Recommendation:
         """Stage 2 (no I/O): the ranking head over the candidates, then the business rules."""
         assert plan.model is not None and reads.categories is not None
         categories = [c or f for c, f in zip(reads.categories, self.catalog.categories(plan.fids))]
-        scores = plan.model.score_candidates(plan.user_id, plan.recent, plan.context, plan.fids, categories,
-                                             reads.dense)
+        assert plan.side is not None
+        scores = plan.model.score_with(plan.side, plan.fids, categories, reads.dense)
         is_new = reads.item_counts[:, ITEM_COUNTS.index("impression_24h")] == 0
         cap = max(1, math.ceil(self.config.max_category_share * plan.k))
         explore = int(self.config.explore_share * plan.k)
         picked = apply_rules(plan.names, scores, categories, is_new, plan.blocked, plan.k, cap, explore)
         return Recommendation([(plan.names[i], float(scores[i])) for i in picked], cold_start=False,
-                              user_vector=plan.user_vector)
+                              user_vector=plan.user_vector, categories=[categories[i] for i in picked])
 
     def _score(self, user_id: str, recent: list[str], item_ids: Sequence[str], context: Mapping[str, Any] | None,
                reads: RealtimeReads) -> np.ndarray:
@@ -261,7 +263,7 @@ class _Plan:
     cold_start: bool
     user_vector: np.ndarray | None = None
     model: ServingModel | None = None
-    recent: list[str] = field(default_factory=list)
+    side: UserSide | None = None
     fids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     names: list[str] = field(default_factory=list)
 

@@ -260,3 +260,12 @@ def test_swaps_during_concurrent_requests_never_error(env: Env) -> None:
         t.join(30)
     assert not errors, errors[0]
     assert env.serving.sync.model_version == env.trained.store.version
+
+
+def test_ids_that_are_not_valid_unicode_get_a_422_not_a_crash(shared: Env) -> None:
+    raw = b'{"user_id": "u\\ud800", "k": 3}'  # a JSON escape of a lone surrogate
+    response = shared.client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "unicode" in response.json()["error"]
+    response = shared.client.post("/score", content=b'{"user_id": "u", "item_ids": ["a"], "context": {"d": "\\udfff"}}',
+                                  headers={"content-type": "application/json"})
+    assert response.status_code == 422

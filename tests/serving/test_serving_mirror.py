@@ -107,3 +107,6 @@ def test_serving_fast_paths_equal_the_scorer(trained: Trained) -> None:
     np.testing.assert_allclose(fast, reference.score_many(batch)[:, 0], rtol=1e-5, atol=1e-6)
     vectors = model.item_vectors(serving.recommender.catalog.feature_ids(items), cats)
     np.testing.assert_allclose(vectors, reference.embed_items(items, cats), rtol=1e-5, atol=1e-6)
+    side = model.user_side("u3", recent, context)
+    np.testing.assert_allclose(side.vector.numpy(), reference.embed_users(["u3"], [recent], [context]),
+                               rtol=1e-5, atol=1e-6)
