@@ -39,7 +39,8 @@ class ServingMetrics:
                                        ["path"], registry=registry)
         Gauge(f"{p}_cold_start_share", "Share of /recommend responses served by the cold-start list.",
               registry=registry).set_function(self._cold_share)
-        self.impressions_logged = Counter(f"{p}_impressions_logged", "Impression events Kafka acknowledged (reported by the impression-sender process).",
+        self.impressions_logged = Counter(f"{p}_impressions_logged",
+                                          "Impression events Kafka acknowledged (reported by the impression-sender process).",
                                           registry=registry)
         self.impression_errors = Counter(f"{p}_impression_errors", "Impression events that could not be logged.",
                                          registry=registry)
