@@ -142,26 +142,47 @@ async def _open_loop_raw(url: str, rate: float, duration_s: float, post: bool, t
     payloads = [_request(url, _body(i) if post else None) for i in range(n)]
     latencies = np.full(n, np.nan)
     errors = 0
+    reasons: dict[str, int] = {}
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def one(i: int, due: float) -> None:
         nonlocal errors
-        conn = idle.pop() if idle else await asyncio.open_connection(host, port)
-        reader, writer = conn
-        try:
-            writer.write(payloads[i])
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            await asyncio.wait_for(reader.readexactly(length), timeout_s)
-            if int(head.split(b" ", 2)[1]) >= 400:
+        for attempt in (1, 2):
+            reused = bool(idle)
+            conn = idle.pop() if reused else await asyncio.open_connection(host, port)
+            reader, writer = conn
+            try:
+                writer.write(payloads[i])
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                writer.close()
+                if reused and attempt == 1 and not getattr(exc, "partial", b""):
+                    continue  # a kept-alive connection the server had closed: any HTTP client retries
                 errors += 1
+                reasons[type(exc).__name__] = reasons.get(type(exc).__name__, 0) + 1
+                return
+            except asyncio.TimeoutError:
+                errors += 1
+                reasons["timeout"] = reasons.get("timeout", 0) + 1
+                writer.close()
+                return
+            try:
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await asyncio.wait_for(reader.readexactly(length), timeout_s)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                errors += 1
+                reasons[type(exc).__name__] = reasons.get(type(exc).__name__, 0) + 1
+                writer.close()
+                return
+            status = int(head.split(b" ", 2)[1])
+            if status >= 400:
+                errors += 1
+                reasons[f"http_{status}"] = reasons.get(f"http_{status}", 0) + 1
             else:
                 latencies[i] = time.perf_counter() - due
             idle.append(conn)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
-            errors += 1
-            writer.close()
+            return
 
     start = time.perf_counter()
     tasks = []
@@ -178,6 +199,7 @@ async def _open_loop_raw(url: str, rate: float, duration_s: float, post: bool, t
     ok = latencies[~np.isnan(latencies)] * 1000.0
     pct = (lambda q: round(float(np.percentile(ok, q)), 2)) if ok.size else (lambda q: float("nan"))
     return {"offered_qps": rate, "achieved_qps": round(ok.size / elapsed, 1), "requests": n, "errors": errors,
+            "error_reasons": reasons,
             "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": pct(100)}
 
 

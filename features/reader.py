@@ -100,12 +100,17 @@ class FeatureReader:
         """The items the user acted on last, newest first (what serving blocks and the user tower reads)."""
         return [r.decode() for r in self.client.lrange(keys.recent(self.config.prefix, user_id), 0, -1)]
 
-    async def recent_items_async(self, user_id: str) -> list[str]:
-        """:meth:`recent_items` without blocking the event loop (with an ``async_client``)."""
-        if self.async_client is None:
-            return self.recent_items(user_id)
-        rows = await self.async_client.lrange(keys.recent(self.config.prefix, user_id), 0, -1)
-        return [r.decode() for r in rows]
+    def recent_items_many(self, user_ids: Sequence[str]) -> list[list[str]]:
+        """:meth:`recent_items` of several users in one round trip."""
+        replies = self.run_pipeline(lambda pipe: [pipe.lrange(keys.recent(self.config.prefix, u), 0, -1)
+                                                  for u in user_ids])
+        return [[r.decode() for r in rows] for rows in replies]
+
+    async def recent_items_many_async(self, user_ids: Sequence[str]) -> list[list[str]]:
+        """:meth:`recent_items_many` without blocking the event loop (with an ``async_client``)."""
+        replies = await self.run_pipeline_async(lambda pipe: [pipe.lrange(keys.recent(self.config.prefix, u), 0, -1)
+                                                              for u in user_ids])
+        return [[r.decode() for r in rows] for rows in replies]
 
     def catalog_since(self, cursor: int, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], int]:
         """Catalogue entries ``(item, category or None)`` added or changed after ``cursor``, and the new cursor.

@@ -22,7 +22,8 @@ from features import keys
 from features.reader import FeatureReader, counts_array
 from rtrec.model import REALTIME_FEATURES
 
-__all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "RealtimeQuery", "RealtimeReads",
+__all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "read_realtime_many",
+           "read_realtime_many_async", "RealtimeQuery", "RealtimeReads",
            "ITEM_COUNTS"]
 
 ITEM_COUNTS = ("impression_1h", "click_1h", "impression_24h", "click_24h")
@@ -64,8 +65,32 @@ async def read_realtime_async(reader: FeatureReader, user_ids: Sequence[str], it
     return query.decode(await reader.run_pipeline_async(query.build))
 
 
+async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
+                                   categories: bool = False) -> list[RealtimeReads]:
+    """:func:`read_realtime_async` of several ``(user_ids, item_ids)`` reads in ONE round trip."""
+    queries = [RealtimeQuery(reader, users, items, categories) for users, items in pairs]
+    if not queries:
+        return []
+    replies = await reader.run_pipeline_async(lambda pipe: [q.build(pipe) for q in queries])
+    per = RealtimeQuery.COMMANDS
+    return [q.decode(replies[k * per:(k + 1) * per]) for k, q in enumerate(queries)]
+
+
+def read_realtime_many(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
+                       categories: bool = False) -> list[RealtimeReads]:
+    """:func:`read_realtime_many_async` with a blocking client."""
+    queries = [RealtimeQuery(reader, users, items, categories) for users, items in pairs]
+    if not queries:
+        return []
+    replies = reader.run_pipeline(lambda pipe: [q.build(pipe) for q in queries])
+    per = RealtimeQuery.COMMANDS
+    return [q.decode(replies[k * per:(k + 1) * per]) for k, q in enumerate(queries)]
+
+
 class RealtimeQuery:
     """One read of real-time features: the commands to queue (:meth:`build`) and the decoding of their replies."""
+
+    COMMANDS = 4  # queued by build, decoded by decode
 
     def __init__(self, reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str],
                  categories: bool = False) -> None:

@@ -11,7 +11,8 @@ document requires the header ``X-API-Key``.
 
 Handlers are ``async def``: their CPU work (model, index) runs inline on the event loop, and their
 Redis reads are awaited (``redis.asyncio``), so the loop serves other requests while Redis answers;
-no thread hand-off per request. The sync loop runs in its own thread.
+no thread hand-off per request. Concurrent ``/recommend`` requests are served in batches
+(:mod:`serving.batcher`). The sync loop runs in its own thread.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.impressions import ImpressionLog
 from serving.metrics import ServingMetrics
-from serving.ranking import RecentUsers, Recommender
+from serving.batcher import Batcher
+from serving.ranking import Ask, RecentUsers, Recommendation, Recommender
 from serving.sync import SyncLoop
 
 __all__ = ["create_app", "Serving", "MAX_BODY_BYTES"]
@@ -186,6 +188,7 @@ def create_app(serving: Serving) -> FastAPI:
         400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
         413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     rec, metrics = serving.recommender, serving.metrics
+    batcher: Batcher[Ask, Recommendation] = Batcher(rec.recommend_many_async)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -209,7 +212,7 @@ def create_app(serving: Serving) -> FastAPI:
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> Response:
-        result = await rec.recommend_async(body.user_id, body.k, body.context, body.exclude)
+        result = await batcher.submit(Ask(body.user_id, body.k, body.context, body.exclude))
         request_id = uuid.uuid4().hex
         metrics.recommendations.labels("cold_start" if result.cold_start else "model").inc()
         if result.user_vector is not None:

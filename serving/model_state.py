@@ -16,7 +16,7 @@ import torch
 from features.ids import feature_ids
 from rtrec.model import ModelConfig, RecModel, masked_mean
 from serving.mirror import ParamMirror
-from stream_workers.examples import ModelSlots, context_strings, slot_ids
+from stream_workers.examples import ModelSlots, context_strings, pad_strings, slot_ids
 from stream_workers.trainer import Scorer, pull_rows
 
 __all__ = ["ServingModel", "ModelHolder", "UserSide"]
@@ -52,23 +52,29 @@ class ServingModel:
             return self.model.item_vectors(items, torch.from_numpy(cat_rows)).numpy()
 
 
-    def user_side(self, user_id: str, recent: Sequence[str], context: Mapping[str, Any] | None) -> UserSide:
-        """The user's part of the model, computed once per request: rows pulled, means and tower vector."""
+    def user_sides(self, user_ids: Sequence[str], recents: Sequence[Sequence[str]],
+                   contexts: Sequence[Mapping[str, Any] | None]) -> UserSide:
+        """The users' part of the model, ``B`` users at once: rows pulled once, means and tower vectors."""
         slots = self.scorer.slots
-        user = feature_ids(slots.user, [user_id])
-        recent_ids, recent_valid = slot_ids(slots.item, np.array(list(recent) or [""], dtype=str))
-        ctx_ids, ctx_valid = slot_ids(slots.context, context_strings([context])[0])
+        user = feature_ids(slots.user, list(user_ids))
+        recent_ids, recent_valid = slot_ids(slots.item, pad_strings(recents))
+        ctx_ids, ctx_valid = slot_ids(slots.context, context_strings(contexts))
         with torch.no_grad():
-            pulled = pull_rows(self.scorer.params, [(user, np.ones(1, dtype=bool)), (ctx_ids, ctx_valid),
+            pulled = pull_rows(self.scorer.params, [(user, np.ones(user.size, dtype=bool)), (ctx_ids, ctx_valid),
                                                     (recent_ids, recent_valid)], slots.dim)
             u, ctx, rec = pulled.fields
-            recent_mean = masked_mean(rec[None], torch.from_numpy(recent_valid[None]))
-            context_mean = masked_mean(ctx[None], torch.from_numpy(ctx_valid[None]))
+            recent_mean = masked_mean(rec, torch.from_numpy(recent_valid))
+            context_mean = masked_mean(ctx, torch.from_numpy(ctx_valid))
             return UserSide(u, recent_mean, context_mean, self.model.user_vector_from(u, recent_mean, context_mean))
 
-    def score_with(self, side: UserSide, item_fids: np.ndarray, categories: Sequence[str | None],
-                   dense: np.ndarray) -> np.ndarray:
-        """Click probabilities ``(n,)`` of ``n`` candidate items (by feature ID) for the user of ``side``."""
+    def user_side(self, user_id: str, recent: Sequence[str], context: Mapping[str, Any] | None) -> UserSide:
+        """:meth:`user_sides` of one user."""
+        return self.user_sides([user_id], [recent], [context])
+
+    def score_rows(self, sides: UserSide, rows: np.ndarray, item_fids: np.ndarray,
+                   categories: Sequence[str | None], dense: np.ndarray) -> np.ndarray:
+        """Click probabilities ``(n,)`` of ``n`` (user, item) pairs: user ``rows[i]`` of ``sides`` with
+        item ``item_fids[i]`` -- the candidates of several requests in one pass of the ranking head."""
         slots, n = self.scorer.slots, len(item_fids)
         cats = np.array(["" if c is None else str(c) for c in categories] or [""], dtype=str)[:n]
         cat_ids, cat_valid = slot_ids(slots.category, cats)
@@ -77,10 +83,16 @@ class ServingModel:
                                                     (cat_ids, cat_valid)], slots.dim)
             items, cat_rows = pulled.fields
             v = self.model.item_vectors(items, cat_rows)
-            logits = self.model.rank_logits(side.user.expand(n, -1), side.recent_mean.expand(n, -1),
-                                            side.context_mean.expand(n, -1), side.vector.expand(n, -1), items,
-                                            cat_rows, v, torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)))
+            r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+            logits = self.model.rank_logits(sides.user[r], sides.recent_mean[r], sides.context_mean[r],
+                                            sides.vector[r], items, cat_rows, v,
+                                            torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)))
             return torch.sigmoid(logits[:, 0]).numpy()
+
+    def score_with(self, side: UserSide, item_fids: np.ndarray, categories: Sequence[str | None],
+                   dense: np.ndarray) -> np.ndarray:
+        """Click probabilities ``(n,)`` of ``n`` candidate items (by feature ID) for the one user of ``side``."""
+        return self.score_rows(side, np.zeros(len(item_fids), dtype=np.int64), item_fids, categories, dense)
 
     def score_candidates(self, user_id: str, recent: Sequence[str], context: Mapping[str, Any] | None,
                          item_fids: np.ndarray, categories: Sequence[str | None], dense: np.ndarray) -> np.ndarray:
@@ -95,7 +107,7 @@ class ServingModel:
 
 @dataclass(frozen=True)
 class UserSide:
-    """The user's tensors of one request, ``(1, d)`` rows/means and the ``(1, D)`` tower vector."""
+    """The users' tensors of one batch of requests: ``(B, d)`` rows and means, ``(B, D)`` tower vectors."""
 
     user: torch.Tensor
     recent_mean: torch.Tensor

@@ -23,14 +23,15 @@ import numpy as np
 
 from features.ids import feature_ids
 from features.reader import FeatureReader
-from features.realtime import ITEM_COUNTS, RealtimeReads, read_realtime, read_realtime_async
+from features.realtime import (ITEM_COUNTS, RealtimeReads, read_realtime, read_realtime_async, read_realtime_many,
+                               read_realtime_many_async)
 from serving.catalog import ItemCatalog
 from serving.index import ItemIndex
 from serving.mirror import ParamMirror
 from serving.model_state import ModelHolder, ServingModel, UserSide
 from stream_workers.examples import ModelSlots
 
-__all__ = ["RankingConfig", "Recommendation", "Recommender", "apply_rules"]
+__all__ = ["Ask", "RankingConfig", "Recommendation", "Recommender", "apply_rules"]
 
 
 @dataclass(frozen=True)
@@ -133,20 +134,29 @@ class Recommender:
     def recommend(self, user_id: str, k: int, context: Mapping[str, Any] | None,
                   exclude: Sequence[str]) -> Recommendation:
         """The top ``k`` items for the user (module docstring); never an excluded or seen item."""
-        plan = self._retrieve(user_id, k, context, exclude, self.reader.recent_items(user_id))
-        if plan.cold_start:
-            return Recommendation(self._cold_start(k, plan.blocked, self.reader.top), True, plan.user_vector)
-        return self._rank(plan, read_realtime(self.reader, [user_id], plan.names, categories=True))
+        return self.recommend_many([Ask(user_id, k, context, exclude)])[0]
 
-    async def recommend_async(self, user_id: str, k: int, context: Mapping[str, Any] | None,
-                              exclude: Sequence[str]) -> Recommendation:
-        """:meth:`recommend` that leaves the event loop free while Redis answers (the HTTP handler's)."""
-        plan = self._retrieve(user_id, k, context, exclude, await self.reader.recent_items_async(user_id))
-        if plan.cold_start:
-            top = await self.reader.top_many_async(("trending", "popular"), k + len(plan.blocked))
-            return Recommendation(self._cold_start(k, plan.blocked, lambda name, _: top[name]), True,
-                                  plan.user_vector)
-        return self._rank(plan, await read_realtime_async(self.reader, [user_id], plan.names, categories=True))
+    def recommend_many(self, asks: Sequence[Ask]) -> list[Recommendation]:
+        """:meth:`recommend` of several requests, each stage done once for all of them."""
+        plans = self._retrieve_many(asks, self.reader.recent_items_many([a.user_id for a in asks]))
+        ranked = [p for p in plans if not p.cold_start]
+        reads = read_realtime_many(self.reader, [([p.user_id], p.names) for p in ranked], categories=True)
+        cold = [p for p in plans if p.cold_start]
+        depth = max((p.k + len(p.blocked) for p in cold), default=0)
+        top = {name: self.reader.top(name, depth) for name in ("trending", "popular")} if cold else {}
+        return self._finish_many(plans, ranked, reads, top)
+
+    async def recommend_many_async(self, asks: Sequence[Ask]) -> list[Recommendation]:
+        """:meth:`recommend_many` leaving the event loop free while Redis answers (two round trips in
+        all, whatever the number of requests; the HTTP handlers batch concurrent requests into it)."""
+        plans = self._retrieve_many(asks, await self.reader.recent_items_many_async([a.user_id for a in asks]))
+        ranked = [p for p in plans if not p.cold_start]
+        cold = [p for p in plans if p.cold_start]
+        reads = await read_realtime_many_async(self.reader, [([p.user_id], p.names) for p in ranked],
+                                               categories=True)
+        depth = max((p.k + len(p.blocked) for p in cold), default=0)
+        top = await self.reader.top_many_async(("trending", "popular"), depth) if cold else {}
+        return self._finish_many(plans, ranked, reads, top)
 
     def score(self, user_id: str, item_ids: Sequence[str], context: Mapping[str, Any] | None) -> np.ndarray:
         """Click probabilities of the given items for the user, in order (unknown IDs score as zero rows)."""
@@ -161,7 +171,7 @@ class Recommender:
         """:meth:`score` that leaves the event loop free while Redis answers."""
         if not item_ids:
             return np.empty(0, dtype=np.float32)
-        recent = (await self.reader.recent_items_async(user_id))[: self.config.recent_for_tower]
+        recent = (await self.reader.recent_items_many_async([user_id]))[0][: self.config.recent_for_tower]
         reads = await read_realtime_async(self.reader, [user_id], list(item_ids), categories=True)
         return self._score(user_id, recent, item_ids, context, reads)
 
@@ -194,34 +204,61 @@ class Recommender:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _retrieve(self, user_id: str, k: int, context: Mapping[str, Any] | None, exclude: Sequence[str],
-                  seen: list[str]) -> "_Plan":
-        """Stage 1 (no I/O): blocked items, the user vector and the named candidates to rank."""
-        blocked = set(exclude) | set(seen)
-        if not self.user_known(user_id):
-            return _Plan(user_id, k, context, blocked, cold_start=True)
+    def _retrieve_many(self, asks: Sequence[Ask], seen: Sequence[list[str]]) -> list["_Plan"]:
+        """Stage 1 (no I/O): blocked items, user vectors (one tower pass) and, by one FAISS search,
+        the named candidates of every request."""
+        blocked = [set(a.exclude) | set(s) for a, s in zip(asks, seen)]
+        known = self.mirror.contains(feature_ids(self.slots.user, [a.user_id for a in asks]))
+        plans = [_Plan(a, b, cold_start=True) for a, b in zip(asks, blocked)]
+        warm = np.flatnonzero(known).tolist()
+        if not warm:
+            return plans
         model = self.holder.current
-        recent = seen[: self.config.recent_for_tower]
-        side = model.user_side(user_id, recent, context)
-        user_vec = side.vector.numpy()
-        depth = min(self.config.candidates, 2 * self.config.ranked) + len(blocked)
-        _, labels = self.index.search(user_vec, min(depth, 4096))
-        fids = labels[0][labels[0] >= 0].view(np.uint64)
-        if blocked:
-            fids = fids[~np.isin(fids, self.catalog.feature_ids(sorted(blocked)))]
-        named = [(f, n) for f, n in zip(fids.tolist(), self.catalog.names(fids)) if n is not None]
-        named = named[: self.config.ranked]
-        if not named:
-            return _Plan(user_id, k, context, blocked, cold_start=True, user_vector=user_vec[0])
-        return _Plan(user_id, k, context, blocked, False, user_vec[0], model, side,
-                     np.array([f for f, _ in named], dtype=np.uint64), [n for _, n in named])
+        recents = [seen[i][: self.config.recent_for_tower] for i in warm]
+        sides = model.user_sides([asks[i].user_id for i in warm], recents, [asks[i].context for i in warm])
+        vectors = sides.vector.numpy()
+        depth = min(self.config.candidates, 2 * self.config.ranked) + max(len(blocked[i]) for i in warm)
+        _, labels = self.index.search(vectors, min(depth, 4096))
+        for row, i in enumerate(warm):
+            fids = labels[row][labels[row] >= 0].view(np.uint64)
+            if blocked[i]:
+                fids = fids[~np.isin(fids, self.catalog.feature_ids(sorted(blocked[i])))]
+            named = [(f, n) for f, n in zip(fids.tolist(), self.catalog.names(fids)) if n is not None]
+            named = named[: self.config.ranked]
+            plans[i] = _Plan(asks[i], blocked[i], not named, vectors[row], model, sides, row,
+                             np.array([f for f, _ in named], dtype=np.uint64), [n for _, n in named])
+        return plans
 
-    def _rank(self, plan: "_Plan", reads: RealtimeReads) -> Recommendation:
-        """Stage 2 (no I/O): the ranking head over the candidates, then the business rules."""
-        assert plan.model is not None and reads.categories is not None
-        categories = [c or f for c, f in zip(reads.categories, self.catalog.categories(plan.fids))]
-        assert plan.side is not None
-        scores = plan.model.score_with(plan.side, plan.fids, categories, reads.dense)
+    def _finish_many(self, plans: list["_Plan"], ranked: list["_Plan"], reads: list[RealtimeReads],
+                     top: Mapping[str, list[tuple[str, float]]]) -> list[Recommendation]:
+        """Stage 2 (no I/O): one ranking-head pass over every request's candidates, then each
+        request's rules; cold-start lists from the rankings in ``top``."""
+        scored = dict(zip(map(id, ranked), self._score_plans(ranked, reads)))
+        out = []
+        for plan in plans:
+            if plan.cold_start:
+                items = self._cold_start(plan.k, plan.blocked, lambda name, _: top[name])
+                out.append(Recommendation(items, True, plan.user_vector))
+            else:
+                out.append(self._rules(plan, *scored[id(plan)]))
+        return out
+
+    def _score_plans(self, plans: list["_Plan"], reads: list[RealtimeReads]) -> list[tuple[np.ndarray, list, RealtimeReads]]:
+        """Ranking-head scores and categories of each plan's candidates, in one pass of the model."""
+        if not plans:
+            return []
+        categories = [[c or f for c, f in zip(r.categories or [], self.catalog.categories(p.fids))]
+                      for p, r in zip(plans, reads)]
+        rows = np.concatenate([np.full(p.fids.size, p.side_row, dtype=np.int64) for p in plans])
+        model, sides = plans[0].model, plans[0].sides
+        assert model is not None and sides is not None
+        scores = model.score_rows(sides, rows, np.concatenate([p.fids for p in plans]),
+                                  [c for cats in categories for c in cats], np.concatenate([r.dense for r in reads]))
+        bounds = np.cumsum([0] + [p.fids.size for p in plans])
+        return [(scores[lo:hi], cats, r) for lo, hi, cats, r in zip(bounds[:-1], bounds[1:], categories, reads)]
+
+    def _rules(self, plan: "_Plan", scores: np.ndarray, categories: list, reads: RealtimeReads) -> Recommendation:
+        """The business rules over one request's scored candidates."""
         is_new = reads.item_counts[:, ITEM_COUNTS.index("impression_24h")] == 0
         cap = max(1, math.ceil(self.config.max_category_share * plan.k))
         explore = int(self.config.explore_share * plan.k)
@@ -253,19 +290,36 @@ class Recommender:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """What retrieval hands to ranking: the request, its blocked items and the candidates."""
+class Ask:
+    """One /recommend request."""
 
     user_id: str
     k: int
-    context: Mapping[str, Any] | None
+    context: Mapping[str, Any] | None = None
+    exclude: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What retrieval hands to ranking: the request, its blocked items and the candidates."""
+
+    ask: Ask
     blocked: set[str]
     cold_start: bool
     user_vector: np.ndarray | None = None
     model: ServingModel | None = None
-    side: UserSide | None = None
+    sides: UserSide | None = None  # of the whole batch; this request's user is row ``side_row``
+    side_row: int = 0
     fids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     names: list[str] = field(default_factory=list)
+
+    @property
+    def user_id(self) -> str:
+        return self.ask.user_id
+
+    @property
+    def k(self) -> int:
+        return self.ask.k
 
 
 class RecentUsers:
