@@ -105,6 +105,10 @@ class ParamServerClient:
         """Round trip; returns the shard's version."""
         return int(self._call(Op.PING, {}, {}).args["version"])
 
+    def epoch(self) -> str:
+        """The shard's incarnation id (new at every start); a change means it restarted from its snapshot."""
+        return str(self._call(Op.PING, {}, {}).args.get("epoch", ""))
+
     # -- transport -----------------------------------------------------------------------------
 
     def _call(self, op: Op, args: dict, arrays: dict[str, np.ndarray]) -> Message:

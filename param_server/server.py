@@ -193,7 +193,7 @@ class ParamServer:
         if message.op == Op.PUSH_DENSE:
             return {"version": store.push_dense(arrays)}, {}, 0
         if message.op == Op.PING:
-            return {"version": store.version}, {}, 0
+            return {"version": store.version, "epoch": store.epoch()}, {}, 0
         raise ProtocolError(f"{message.op.name} is not a request")
 
 

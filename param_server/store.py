@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -104,6 +105,10 @@ class ParamStore:
         self.dense: dict[str, np.ndarray] = {}
         self.dense_version = 0
         self.last_snapshot = SnapshotInfo()
+        # Recovery: a new id per store instance (process start, restore), and the offsets the
+        # state reached when it began; a worker that sees the epoch change replays from there.
+        self.incarnation = uuid.uuid4().hex
+        self.restored_offsets: Offsets = {}
 
     # -- sparse --------------------------------------------------------------------------------
 
@@ -198,6 +203,10 @@ class ParamStore:
         self.mark_snapshot(path, self.version)
         return str(path)
 
+    def epoch(self) -> str:
+        """This store's incarnation id: it changes when the shard restarts (from a snapshot or empty)."""
+        return self.incarnation
+
     def mark_snapshot(self, path: str | Path, version: int) -> None:
         self.last_snapshot = SnapshotInfo(str(path), version, time.time())
 
@@ -212,6 +221,9 @@ class ParamStore:
                 "event_clock": _json_float(self.event_clock), "dense_version": self.dense_version,
                 "dense_tensors": len(self.dense), "tables": tables,
                 "offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in self.offsets.items()},
+                "epoch": self.incarnation,
+                "restored_offsets": {t: {str(p): o for p, o in parts.items()}
+                                     for t, parts in self.restored_offsets.items()},
                 "snapshot": {"path": self.last_snapshot.path, "version": self.last_snapshot.version,
                              "wall_time": self.last_snapshot.wall_time}}
 
@@ -251,6 +263,7 @@ class ParamStore:
         clock = meta["event_clock"]
         store.event_clock = -np.inf if clock is None else float(clock)
         store.offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in meta["offsets"].items()}
+        store.restored_offsets = {t: dict(parts) for t, parts in store.offsets.items()}
         return store
 
     # -- internals -----------------------------------------------------------------------------

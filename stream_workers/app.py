@@ -28,13 +28,15 @@ log = logging.getLogger(__name__)
 
 
 def broker_urls(bootstrap: str) -> list[str]:
-    """``"h1:9092,h2:9092"`` → ``["kafka://h1:9092", "kafka://h2:9092"]``."""
-    return [f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip()]
+    """``"h1:9092,h2:9092"`` → ``["rtrec://h1:9092", "rtrec://h2:9092"]``: Kafka through the
+    aiokafka driver with a short fetch wait (:mod:`stream_workers.transport`)."""
+    return [f"rtrec://{b.strip()}" for b in bootstrap.split(",") if b.strip()]
 
 
 class Pipeline(Protocol):
     def process(self, values: Sequence[bytes | None],
-                offsets: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult: ...
+                offsets: Mapping[str, Mapping[int, int]] | None = None,
+                starts: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult: ...
 
 
 def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
@@ -63,7 +65,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     async def process(stream: faust.Stream) -> None:
         async for batch in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_within_s):
             values = [event.message.value for event in batch]
-            result = await _process_with_retry(pipeline, values, next_offsets(batch))
+            result = await _process_with_retry(pipeline, values, next_offsets(batch), first_offsets(batch))
             for letter in result.dead_letters:
                 await dlq.send(value=letter.to_json())
             if result.dead_letters:
@@ -83,12 +85,22 @@ def next_offsets(batch: list) -> dict[str, dict[int, int]]:
     return out
 
 
-async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict) -> BatchResult:
+def first_offsets(batch: list) -> dict[str, dict[int, int]]:
+    """Topic → partition → the offset of the first message of ``batch`` (where recovery replays up to)."""
+    out: dict[str, dict[int, int]] = {}
+    for event in batch:
+        message = event.message
+        partitions = out.setdefault(message.topic, {})
+        partitions[message.partition] = min(partitions.get(message.partition, message.offset), message.offset)
+    return out
+
+
+async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, starts: dict) -> BatchResult:
     """Run the pipeline until it succeeds: the batch stays unacknowledged (not lost) meanwhile."""
     attempt = 0
     while True:
         try:
-            return await asyncio.to_thread(pipeline.process, values, offsets)
+            return await asyncio.to_thread(pipeline.process, values, offsets, starts)
         except (redis.RedisError, OSError, RtrecError) as exc:
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
             metrics.BATCH_RETRIES.inc()

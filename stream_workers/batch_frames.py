@@ -25,13 +25,22 @@ _LEN = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 << 20
 
 
-def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping[int, int]] | None) -> bytes:
+def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping[int, int]] | None,
+                   starts: Mapping[str, Mapping[int, int]] | None = None) -> bytes:
+    """``starts``: topic -> partition -> offset of the batch's first message (for recovery)."""
     lengths = [-1 if v is None else len(v) for v in values]
-    header = json.dumps({"offsets": offsets or {}, "lengths": lengths}).encode()
+    header = json.dumps({"offsets": offsets or {}, "lengths": lengths, "starts": starts or {}}).encode()
     return _LEN.pack(len(header)) + header + b"".join(v for v in values if v is not None)
 
 
 def decode_request(frame: bytes) -> tuple[list[bytes | None], dict[str, dict[int, int]]]:
+    values, offsets, _ = decode_request_with_starts(frame)
+    return values, offsets
+
+
+def decode_request_with_starts(frame: bytes) -> tuple[list[bytes | None], dict[str, dict[int, int]],
+                                                        dict[str, dict[int, int]]]:
+    """(values, next offsets, first offsets) of a request frame."""
     (size,) = _LEN.unpack_from(frame)
     header = json.loads(frame[4:4 + size])
     values: list[bytes | None] = []
@@ -43,7 +52,8 @@ def decode_request(frame: bytes) -> tuple[list[bytes | None], dict[str, dict[int
             values.append(frame[pos:pos + length])
             pos += length
     offsets = {topic: {int(p): int(o) for p, o in parts.items()} for topic, parts in header["offsets"].items()}
-    return values, offsets
+    starts = {topic: {int(p): int(o) for p, o in parts.items()} for topic, parts in header.get("starts", {}).items()}
+    return values, offsets, starts
 
 
 def encode_result(result: BatchResult) -> bytes:

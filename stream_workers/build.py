@@ -12,6 +12,7 @@ from param_server.sharding import ShardedClient
 from rtrec.settings import Settings
 from stream_workers.joiner import Joiner
 from stream_workers.pipeline import BatchPipeline
+from stream_workers.recovery import KafkaRangeReader, Recovery
 from stream_workers.trainer import OnlineTrainer
 from stream_workers.training import TrainingStep
 
@@ -20,9 +21,11 @@ def build_pipeline(settings: Settings, train: bool = True) -> BatchPipeline:
     """The worker's pipeline from settings; ``train=False`` leaves the parameter server out."""
     client = redis.Redis.from_url(settings.redis_url)
     writer = FeatureWriter(client)
-    step = None
+    step = recovery = None
+    joiner = Joiner(window_s=settings.join_window_s)
     if train:
         torch.set_num_threads(settings.torch_threads)  # the worker shares its cores with Redis and Kafka
         params = ShardedClient.connect(settings.param_server_addrs, settings.ps_token)
         step = TrainingStep(OnlineTrainer(params, registry=REGISTRY), reader=FeatureReader(client))
-    return BatchPipeline(writer, Joiner(window_s=settings.join_window_s), step)
+        recovery = Recovery(step, joiner, KafkaRangeReader(settings.kafka))
+    return BatchPipeline(writer, joiner, step, recovery)

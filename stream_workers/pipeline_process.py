@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 from rtrec.errors import RtrecError
 from rtrec.stack.process import free_port
-from stream_workers.batch_frames import (decode_request, decode_result, encode_error, encode_request,
+from stream_workers.batch_frames import (decode_request_with_starts, decode_result, encode_error, encode_request,
                                          encode_result, read_frame, write_frame)
 from stream_workers.pipeline import BatchResult
 
@@ -48,14 +48,15 @@ class PipelineProcess:
         self._start()
 
     def process(self, values: Sequence[bytes | None],
-                offsets: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult:
+                offsets: Mapping[str, Mapping[int, int]] | None = None,
+                starts: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult:
         """Send one batch and wait for its result (the GIL is free while waiting)."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
             assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
             try:
-                write_frame(self._proc.stdin, encode_request(values, offsets))
+                write_frame(self._proc.stdin, encode_request(values, offsets, starts))
                 result = decode_result(read_frame(self._proc.stdout))
             except (EOFError, BrokenPipeError, ValueError) as exc:
                 log.error("pipeline process failed (%r); restarting it", exc)
@@ -105,24 +106,29 @@ def child_main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     frames_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print() cannot corrupt a frame
+    from prometheus_client import REGISTRY
+
     from rtrec.logs import configure_logging
     from rtrec.metrics_http import serve_metrics
     from rtrec.settings import load_settings
     from stream_workers.build import build_pipeline
+    from stream_workers.metrics import ConsumerLagMonitor, JoinerCollector
 
     settings = load_settings()
     configure_logging(settings.log_level)
     pipeline = build_pipeline(settings)
+    ConsumerLagMonitor(settings.kafka, settings.worker_group, settings.actions_topic).start()
+    REGISTRY.register(JoinerCollector(pipeline.joiner))
     metrics_url = serve_metrics(settings.metrics_port, settings.metrics_host)
     write_frame(frames_out, json.dumps({"ready": True, "metrics": metrics_url}).encode())
     frames_in = sys.stdin.buffer
     while True:
         try:
-            values, offsets = decode_request(read_frame(frames_in))
+            values, offsets, starts = decode_request_with_starts(read_frame(frames_in))
         except EOFError:
             return 0
         try:
-            reply = encode_result(pipeline.process(values, offsets))
+            reply = encode_result(pipeline.process(values, offsets, starts))
         except Exception as exc:  # noqa: BLE001 -- reported to the parent, which retries the batch
             log.exception("batch of %d failed", len(values))
             reply = encode_error(f"{type(exc).__name__}: {exc}")

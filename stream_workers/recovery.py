@@ -1,0 +1,277 @@
+"""Recovery: retrain what a restarted parameter-server shard lost, and re-prime a restarted worker.
+
+A shard restores its latest snapshot on start, and the snapshot records per partition the Kafka
+offset its state reaches (``restored_offsets``). What the shard learned after that is gone, while
+the workers have consumed further. Every shard instance has an ``epoch`` (an id new at each
+start). Before each batch a worker asks every shard for its epoch (one ping each); when one
+changed, it reads its partitions' events from the shard's restored offsets up to the end of the
+current batch straight from Kafka (a consumer without group: no rebalance, no Faust seek) and
+trains them again, pushing to the restored shards only -- the other shards already have them --
+and the current batch then pushes only to the others. So every event after the snapshot is
+trained into the restored shard once more (at-least-once), and the rest stay as they were.
+
+The joiner's pending impressions are in no snapshot. A replay therefore primes a fresh joiner with
+up to ``prime_events`` events per partition before its start (the examples they complete are
+dropped: the snapshot has them), so an impression from before the snapshot whose click came after
+it is still joined. A restarted worker primes its live joiner the same way from before its first
+batch (what was pending died with the old process), and if a shard's offsets lag behind that first
+batch (the shard restored an older snapshot while no worker ran), replays the gap into it.
+
+Limits: impressions older than the priming reach are not re-joined; a worker replays the
+partitions it has consumed since it started, so after a rebalance a partition may be replayed by
+two workers (trained twice, never lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+from prometheus_client import Counter
+
+from param_server.sharding import shard_of
+from rtrec.events import Event
+from stream_workers.joiner import Joiner
+from stream_workers.validation import split_batch
+
+__all__ = ["Recovery", "ShardSubset", "KafkaRangeReader", "shards_of"]
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[str, dict[int, int]]
+TopicPartition = tuple[str, int]
+
+#: Events per replayed training batch (the worker's default micro-batch).
+REPLAY_BATCH = 1000
+
+REPLAYS = Counter("rtrec_worker_recovery_replays", "Replays for parameter-server shards that restarted.")
+REPLAYED_EVENTS = Counter("rtrec_worker_recovery_replayed_events",
+                          "Events read again from Kafka and retrained into restarted shards.")
+
+
+class RangeReader(Protocol):
+    """Reads ``[start, end)`` offset ranges of partitions; returns each partition's message values."""
+
+    def read(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, list[bytes | None]]: ...
+
+
+def shards_of(params: Any) -> list[Any]:
+    """The shards behind ``params``: a ShardedClient's, or ``params`` itself as the only shard."""
+    return list(getattr(params, "shards", [params]))
+
+
+class ShardSubset:
+    """The parameter-server API of ``params`` with pushes going only to the shards in ``keep``.
+
+    Reads (rows, dense weights) come from every shard; dense pushes are not sharded and pass.
+    """
+
+    def __init__(self, params: Any, keep: frozenset[int]) -> None:
+        self.params, self.keep = params, keep
+        self.num_shards = len(shards_of(params))
+
+    def pull_many(self, ids: np.ndarray) -> np.ndarray:
+        return self.params.pull_many(ids)
+
+    def push_many(self, ids: np.ndarray, grads: np.ndarray, ts: float | np.ndarray | None = None,
+                  offsets: Mapping[str, Mapping[int, int]] | None = None) -> Any:
+        ids = np.asarray(ids, dtype=np.uint64)
+        if self.num_shards > 1:
+            mask = np.isin(shard_of(ids, self.num_shards), np.fromiter(self.keep, dtype=np.int64))
+        else:
+            mask = np.full(ids.size, 0 in self.keep)
+        if not mask.any():
+            return None
+        if ts is not None and np.ndim(ts):
+            ts = np.asarray(ts)[mask]
+        return self.params.push_many(ids[mask], np.asarray(grads)[mask], ts, offsets)
+
+    def pull_dense(self, names: Sequence[str] | None = None) -> Any:
+        return self.params.pull_dense(names)
+
+    def push_dense(self, tensors: Mapping[str, np.ndarray]) -> Any:
+        return self.params.push_dense(tensors)
+
+
+class KafkaRangeReader:
+    """Reads offset ranges with a kafka-python consumer that joins no group (assign + seek)."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 120.0) -> None:
+        self.bootstrap, self.timeout_s = bootstrap, timeout_s
+
+    def read(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, list[bytes | None]]:
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as KafkaTP
+
+        out: dict[TopicPartition, list[bytes | None]] = {tp: [] for tp in ranges}
+        todo = {KafkaTP(t, p): (lo, hi) for (t, p), (lo, hi) in ranges.items() if hi > lo}
+        if not todo:
+            return out
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap.split(","), group_id=None,
+                                 enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
+        try:
+            consumer.assign(list(todo))
+            first = consumer.beginning_offsets(list(todo))
+            for tp, (lo, hi) in list(todo.items()):
+                start = max(lo, first.get(tp, 0))
+                if start >= hi:
+                    del todo[tp]
+                    continue
+                consumer.seek(tp, start)
+            deadline = time.monotonic() + self.timeout_s
+            while todo:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"replay could not read {sorted(str(tp) for tp in todo)} in {self.timeout_s} s")
+                for tp, records in consumer.poll(timeout_ms=500, max_records=20_000).items():
+                    if tp in todo:
+                        out[(tp.topic, tp.partition)] += [r.value for r in records if r.offset < todo[tp][1]]
+                for tp in [tp for tp, (_, hi) in todo.items() if consumer.position(tp) >= hi]:
+                    del todo[tp]  # by position, not by the last record: offsets may have gaps
+                    consumer.pause(tp)
+        finally:
+            consumer.close()
+        return out
+
+
+class Recovery:
+    """Watches the shards' epochs before each batch and replays what a restarted shard lost.
+
+    ``step`` is the worker's :class:`~stream_workers.training.TrainingStep` and ``joiner`` its live
+    joiner; ``reader`` reads Kafka ranges.
+    """
+
+    def __init__(self, step: Any, joiner: Joiner, reader: RangeReader, prime_events: int = 5000) -> None:
+        self.step, self.joiner, self.reader, self.prime_events = step, joiner, reader, prime_events
+        self.position: dict[TopicPartition, int] = {}  # next offset of every partition consumed here
+        self._epochs: list[str] | None = None
+        self.replays = 0
+        self.replayed_events = 0
+
+    @property
+    def params(self) -> Any:
+        return self.step.trainer.params
+
+    def before_batch(self, ends: Mapping[str, Mapping[int, int]] | None,
+                     starts: Mapping[str, Mapping[int, int]] | None) -> frozenset[int]:
+        """Check the shards before a batch; returns the shards the batch must not push to (replayed)."""
+        ends_tp = _flatten(ends)
+        starts_tp = _flatten(starts)
+        shards = shards_of(self.params)
+        epochs = [str(s.epoch()) for s in shards]
+        if self._epochs is None:  # this worker's first batch
+            lagging = {k: o for k, o in ((k, _flatten(s.stats()["offsets"])) for k, s in enumerate(shards))
+                       if any(o.get(tp, 0) < start for tp, start in starts_tp.items())}
+            self._prime_live_joiner(starts_tp)
+            restored = self._replay(lagging, starts_tp, ends_tp) if lagging else frozenset()
+        else:
+            changed = [k for k, (old, new) in enumerate(zip(self._epochs, epochs)) if old != new]
+            restored = frozenset()
+            if changed:
+                lost = {k: _flatten(shards[k].stats()["restored_offsets"]) for k in changed}
+                restored = self._replay(lost, starts_tp, ends_tp)
+        self._epochs = epochs  # only now: a replay that failed is tried again with the batch
+        for tp, end in ends_tp.items():
+            self.position[tp] = max(self.position.get(tp, 0), end)
+        return restored
+
+    @contextmanager
+    def pushing_to_all_but(self, skip: frozenset[int]) -> Iterator[None]:
+        """Within the block the trainer pushes only to the shards not in ``skip``."""
+        if not skip:
+            yield
+            return
+        trainer = self.step.trainer
+        params = trainer.params
+        trainer.params = ShardSubset(params, frozenset(range(len(shards_of(params)))) - skip)
+        try:
+            yield
+        finally:
+            trainer.params = params
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _prime_live_joiner(self, starts: dict[TopicPartition, int]) -> None:
+        """Feed the live joiner the events just before the first batch (their examples are dropped)."""
+        if self.prime_events <= 0 or not starts:
+            return
+        ranges = {tp: (max(0, s - self.prime_events), s) for tp, s in starts.items()}
+        events = _events(self.reader.read(ranges))
+        self.joiner.add_many(events)
+        self.step.recent.add_many(events)
+        log.info("primed the joiner with %d events before the first batch; %d impressions pending",
+                 len(events), self.joiner.pending)
+
+    def _replay(self, lost: dict[int, dict[TopicPartition, int]], starts: dict[TopicPartition, int],
+                ends: dict[TopicPartition, int]) -> frozenset[int]:
+        """Retrain, into the shards of ``lost`` only, every event from their offsets to the batch end."""
+        restored = frozenset(lost)
+        owned = {**self.position, **starts}
+        end_of = {tp: ends.get(tp, owned[tp]) for tp in owned}
+        begin = {tp: min(offsets.get(tp, 0) for offsets in lost.values()) for tp in end_of}
+        train_ranges = {tp: (begin[tp], end_of[tp]) for tp in end_of if begin[tp] < end_of[tp]}
+        if not train_ranges:
+            return frozenset()  # the shards already hold everything: the batch goes to all of them
+        started = time.perf_counter()
+        prime = _events(self.reader.read({tp: (max(0, lo - self.prime_events), lo)
+                                          for tp, (lo, _) in train_ranges.items()}))
+        events = _events(self.reader.read(train_ranges))
+        from stream_workers.training import TrainingStep
+
+        joiner = Joiner(window_s=self.joiner.window_s, max_pending=self.joiner.max_pending,
+                        label_actions=self.joiner.label_actions,
+                        positive_only_actions=self.joiner.positive_only_actions)
+        step = TrainingStep(self.step.trainer, self.step.negatives_per_positive, sampler=self.step.sampler,
+                            reader=self.step.reader)
+        joiner.add_many(prime)  # the snapshot holds what these completed
+        step.recent.add_many(prime)
+        trained = 0
+        progress = {tp: lo for tp, (lo, _) in train_ranges.items()}
+        with self.pushing_to_all_but(frozenset(range(len(shards_of(self.params)))) - restored):
+            for chunk in range(0, len(events), REPLAY_BATCH):
+                part = events[chunk:chunk + REPLAY_BATCH]
+                batch = step.prepare(joiner.add_many(part), part)
+                if batch is not None:
+                    step.fit(batch, _offsets_after(progress, train_ranges, chunk + len(part), len(events)))
+                    trained += len(batch)
+        self.replays += 1
+        self.replayed_events += len(events)
+        REPLAYS.inc()
+        REPLAYED_EVENTS.inc(len(events))
+        log.warning("shards %s restarted: replayed %d events (%s) into them, %d examples, in %.1f s",
+                    sorted(restored), len(events),
+                    {f"{t}/{p}": r for (t, p), r in sorted(train_ranges.items())}, trained,
+                    time.perf_counter() - started)
+        if 0 in restored:  # the restored dense weights are older than ours: publish ours
+            trainer = self.step.trainer
+            trainer._pushed_dense_version = trainer.params.push_dense(trainer.model.dense_arrays())
+        return restored
+
+
+def _flatten(offsets: Mapping[str, Mapping[Any, int]] | None) -> dict[TopicPartition, int]:
+    return {(str(t), int(p)): int(o) for t, parts in (offsets or {}).items() for p, o in parts.items()}
+
+
+def _events(values: Mapping[TopicPartition, list[bytes | None]]) -> list[Event]:
+    """Valid events of all partitions, interleaved by event time (as a live consumer roughly sees them)."""
+    events: list[Event] = []
+    for part in values.values():
+        events += split_batch(part)[0]
+    events.sort(key=lambda e: e.ts)
+    return events
+
+
+def _offsets_after(progress: dict[TopicPartition, int], ranges: dict[TopicPartition, tuple[int, int]],
+                   done: int, total: int) -> Offsets:
+    """Offsets a replayed chunk brings the shard to: the range ends once the replay is complete.
+
+    Events of several partitions are interleaved by time, so until the last chunk the start
+    offsets are the honest lower bound.
+    """
+    source = {tp: hi for tp, (_, hi) in ranges.items()} if done >= total else progress
+    out: Offsets = {}
+    for (topic, partition), offset in source.items():
+        out.setdefault(topic, {})[partition] = offset
+    return out
