@@ -362,6 +362,17 @@ def test_prometheus_scrapes_every_rtrec_service_and_only_compose_services():
     assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
 
 
+def test_every_rtrec_service_serves_metrics_on_all_interfaces():
+    """Prometheus scrapes from its own container: a metrics endpoint on 127.0.0.1 would be unreachable."""
+    for name, svc in rtrec_services(load_compose()).items():
+        assert env_of(svc).get("RTREC_METRICS_HOST") == "0.0.0.0", name
+
+
+def test_the_stack_runs_two_parameter_server_shards():
+    services = load_compose()["services"]
+    assert sorted(n for n in services if re.fullmatch(r"param-server-\d+", n)) == ["param-server-0", "param-server-1"]
+
+
 def test_grafana_provisioning_parses_and_points_at_prometheus_and_the_dashboards_folder():
     compose = load_compose()
     grafana = compose["services"]["grafana"]
