@@ -91,6 +91,8 @@ class ShardedClient:
         """Each shard gets its IDs' gradients (and the offsets); returns the shards' versions as last seen."""
         ids = np.asarray(ids, dtype=np.uint64)
         grads = np.asarray(grads, dtype=np.float32)
+        if not np.isfinite(grads).all():  # refused here, so no shard applies its part of a bad batch
+            raise ValueError("gradients must be finite (got NaN or infinity)")
         per_row_ts = ts is not None and np.ndim(ts) > 0
         calls, touched = [], []
         for shard, where in self._split(ids):

@@ -139,6 +139,8 @@ class ParamStore:
         grads = np.asarray(grads, dtype=np.float32)
         if grads.ndim != 2 or grads.shape[0] != ids.size:
             raise ValueError(f"grads must be (n, dim) with n = {ids.size}, got {grads.shape}")
+        if not np.isfinite(grads).all():  # one NaN would spread through every row it touches
+            raise ValueError("gradients must be finite (got NaN or infinity)")
         ts = self._event_times(ts, ids.size)
         groups = self._groups(ids)
         self._common_dim(groups, grads.shape[1])
@@ -184,7 +186,10 @@ class ParamStore:
         for name, value in tensors.items():
             if not isinstance(name, str) or not 0 < len(name) <= MAX_DENSE_NAME:
                 raise ValueError(f"dense tensor names must be 1-{MAX_DENSE_NAME} characters, got {name!r}")
-            checked[name] = np.array(value, dtype=np.float32, order="C", copy=True)
+            with np.errstate(over="ignore"):
+                checked[name] = np.array(value, dtype=np.float32, order="C", copy=True)
+            if not np.isfinite(checked[name]).all():
+                raise ValueError(f"dense tensor {name!r} must be finite (got NaN or infinity, or beyond float32)")
         self.version += 1
         self.dense.update(checked)
         self.dense_version = self.version

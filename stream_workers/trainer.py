@@ -43,6 +43,7 @@ Rolling loss and AUC are exported as Prometheus gauges ``rtrec_trainer_loss`` an
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from param_server.config import DEFAULT_TABLES, EmbeddingConfig
 from rtrec.model import ModelConfig, RecModel, SparseFields
 from stream_workers.examples import ExampleBatch, FeatureIdBatch, ModelSlots, context_strings, pad_strings, slot_ids
 from stream_workers.negatives import ItemFrequency
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OnlineTrainer", "TrainerConfig", "TrainStats", "Scorer", "TrainerMetrics", "RollingAUC",
            "binary_auc", "pull_rows"]
@@ -295,6 +298,7 @@ class OnlineTrainer(Scorer):
         self.frequency = ItemFrequency(half_life_steps=config.freq_half_life_steps, seed=seed)
         self.metrics = TrainerMetrics(registry or CollectorRegistry(), config.auc_window, config.loss_window)
         self.batches = 0
+        self.skipped_batches = 0
         self._pushed_dense_version: Any = None
         self._bootstrap_dense()
 
@@ -326,6 +330,14 @@ class OnlineTrainer(Scorer):
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         grads = pulled.leaf.grad if pulled.leaf.grad is not None else torch.zeros_like(pulled.leaf)
+        if not (torch.isfinite(total) and torch.isfinite(grads).all()):
+            # the parameter server refuses them anyway; skipping keeps the worker going
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_batches += 1
+            log.error("non-finite loss or gradients in a batch of %d examples: skipped, model unchanged "
+                      "(%d skipped so far)", len(batch), self.skipped_batches)
+            return TrainStats(loss=float("nan"), rank_loss=float("nan"), retrieval_loss=float("nan"), auc=float("nan"),
+                              examples=0, unique_ids=0, seconds=time.perf_counter() - start, version=-1)
         version = self.params.push_many(pulled.ids, grads.numpy(), ts=float(batch.ts.max()), offsets=offsets)
         n = float(max(weights.sum().item(), 1e-6))
         for p in self.model.parameters():

@@ -108,6 +108,20 @@ def test_unknown_ids_read_as_zeros_and_mixed_dims_are_a_value_error(api: Any) ->
         api.pull_many(feature_ids(77, [1]))
 
 
+def test_non_finite_pushes_are_refused_and_change_nothing(api: Any) -> None:
+    ids = feature_ids(2, [1, 2])
+    api.push_many(ids, np.ones((2, 8), dtype=np.float32), ts=1.0)
+    before = api.pull_many(ids)
+    for bad in (np.nan, np.inf):
+        grads = np.ones((2, 8), dtype=np.float32)
+        grads[1, 3] = bad
+        with pytest.raises(ValueError, match="finite"):
+            api.push_many(ids, grads, ts=2.0)
+    with pytest.raises(ValueError, match="finite"):
+        api.push_dense({"w": np.array([1e39])})  # beyond float32: would become infinity
+    assert api.pull_many(ids).tolist() == before.tolist()
+
+
 def test_dense_tensors_round_trip_with_a_bumped_version(api: Any) -> None:
     tensors = {"mlp.w0": np.arange(6, dtype=np.float32).reshape(2, 3), "mlp.b0": np.zeros(3, np.float32)}
     first = api.push_dense(tensors)

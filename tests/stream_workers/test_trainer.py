@@ -290,3 +290,18 @@ def test_towers_retrieve_favourite_category_items_more_than_random(trained: Trai
     random_top = np.random.default_rng(0).permuted(np.tile(all_items, (len(users), 1)), axis=1)[:, :k]
     random_precision = (sim.category[random_top] == favourite[:, None]).mean()
     assert model_precision > 2 * random_precision
+
+
+def test_a_batch_with_non_finite_features_is_skipped_and_changes_nothing() -> None:
+    from param_server.store import ParamStore
+    from stream_workers.examples import ExampleBatch
+    from stream_workers.trainer import OnlineTrainer
+
+    store = ParamStore()
+    trainer = OnlineTrainer(store)
+    dense = np.full((2, 8), np.nan, dtype=np.float32)  # e.g. a broken feature read
+    batch = ExampleBatch.for_scoring(["u1", "u2"], ["i1", "i2"], ["c", "c"], [None, None], [[], []], dense)
+    batch = type(batch)(**{**batch.__dict__, "labels": np.ones_like(batch.labels)})
+    version = store.version
+    stats = trainer.train_many(batch)
+    assert stats.examples == 0 and trainer.skipped_batches == 1 and store.version == version
