@@ -3,7 +3,8 @@
 One :meth:`SyncLoop.sync_once`:
 
 1. ``delta(since)`` from the parameter server (all shards through the sharded client) and apply
-   it to the mirror (evictions, then upserts; a ``full`` delta replaces a table);
+   it to the mirror (evictions, then upserts; a ``full`` delta replaces a table); when a shard's
+   epoch changed (it restarted from its snapshot), a full copy instead, and every item re-indexed;
 2. every ``dense_every``-th sync (and the first), ``pull_dense``: a new model is built beside the
    old one and swapped in by one reference assignment, then every item is re-embedded into a new
    index that replaces the old one (the item tower changed, so every vector did);
@@ -71,6 +72,7 @@ class SyncLoop:
         self.synced_at = 0.0
         self._item_table = "item_id"
         self._catalog_cursor = 0
+        self._epochs: list[str] = []
         self._pending = np.empty(0, dtype=np.uint64)  # item IDs still to (re-)embed
         self._pending_lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -91,14 +93,15 @@ class SyncLoop:
         """One sync (see the module docstring); returns the rows applied."""
         with self._sync_lock:
             start = time.perf_counter()
-            delta = self.params.delta(self.mirror.version)
+            restarted = self._shards_restarted()
+            delta = self.params.delta(-1 if restarted else self.mirror.version)
             applied = self.mirror.apply(delta)
             changed = applied.changed.get(self._item_table, np.empty(0, dtype=np.uint64))
             removed = applied.removed.get(self._item_table, np.empty(0, dtype=np.uint64))
             self.note_items(changed)
             self._learn_names()
             dense_loaded = self.syncs % self.dense_every == 0 and self._load_dense()
-            if dense_loaded:
+            if dense_loaded or restarted:
                 self._reindex_all()
             else:
                 self._reindex(removed)
@@ -114,6 +117,19 @@ class SyncLoop:
                 log.debug("sync %d: %d rows, %d evicted, version %s, %d items indexed", self.syncs,
                           applied.rows, evicted, self.mirror.version, len(self.index))
             return applied.rows
+
+    def _shards_restarted(self) -> bool:
+        """Whether a shard restarted (from its snapshot) since the last sync: its rows went back to
+        the snapshot's and its version numbers no longer follow ours, so only a full copy is right."""
+        shards = getattr(self.params, "shards", None) or [self.params]
+        if not all(hasattr(shard, "epoch") for shard in shards):
+            return False
+        epochs = [str(shard.epoch()) for shard in shards]
+        changed = [n for n, (old, new) in enumerate(zip(self._epochs, epochs)) if old != new] if self._epochs else []
+        self._epochs = epochs
+        if changed:
+            log.warning("parameter-server shard(s) %s restarted: full resync of the mirror and the index", changed)
+        return bool(changed)
 
     # -- the background thread -----------------------------------------------------------------
 
