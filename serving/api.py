@@ -135,8 +135,9 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 class GuardAndTime:
-    """ASGI middleware: refuse oversized bodies (413) and a missing API key (401) before routing;
-    time every request and count errors by endpoint after.
+    """ASGI middleware: refuse oversized bodies (413: by Content-Length before routing, and while a
+    chunked body is read) and a missing API key (401); time every request and count errors by
+    endpoint after.
 
     Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware runs each
     request through an extra task and memory streams, a measurable share of a 1-2 ms request.
@@ -158,12 +159,24 @@ class GuardAndTime:
                 status = message["status"]
             await send(message)
 
+        received = 0
+
+        async def receive_capped() -> dict:
+            """The body as it arrives, refused once over the limit (a chunked body declares no length)."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+            return message
+
         try:
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send_and_note)
             else:
-                await self.app(scope, receive, send_and_note)
+                await self.app(scope, receive_capped, send_and_note)
         finally:
             endpoint = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)

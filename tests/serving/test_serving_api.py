@@ -283,3 +283,12 @@ def test_a_batch_of_requests_gets_what_each_would_get_alone(shared: Env) -> None
     for batched, single in zip(together, alone):  # batched matrix products differ in the last bits only
         assert [s for _, s in batched.items] == pytest.approx([s for _, s in single.items], rel=1e-5, abs=1e-7)
     assert [r.cold_start for r in together].count(True) >= 1  # the unknown user got the cold-start list
+
+
+def test_a_chunked_body_over_the_limit_is_refused_too(shared: Env) -> None:
+    from serving.api import MAX_BODY_BYTES
+
+    chunks = iter([b'{"user_id": "u1", "exclude": ["' + b"x" * MAX_BODY_BYTES, b'"]}'])  # no Content-Length
+    response = shared.client.post("/recommend", content=chunks, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over" in response.json()["error"]
+    assert shared.client.post("/recommend", json={"user_id": "u1"}).status_code == 200
