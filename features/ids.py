@@ -26,7 +26,7 @@ True
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -126,3 +126,17 @@ def _hash_values(raw: list[bytes]) -> np.ndarray:
     """55-bit BLAKE2b hashes of byte strings, with the ``hashed`` bit set."""
     digests = b"".join(hashlib.blake2b(v, digest_size=8).digest() for v in raw)
     return (np.frombuffer(digests, dtype="<u8") & _VALUE_MASK) | _HASHED_BIT
+
+
+def distinct(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct values in first-seen order and each value's position among them.
+
+    Dict-based: for the tens to thousands of IDs of one batch it is cheaper than sorting strings
+    with ``np.unique`` (~60 us per call even for a handful).
+
+    >>> distinct(["b", "a", "b"])
+    (['b', 'a'], array([0, 1, 0]))
+    """
+    position: dict[str, int] = {}
+    inverse = [position.setdefault(v, len(position)) for v in values]  # per value: one dict op
+    return list(position), np.asarray(inverse, dtype=np.int64)

@@ -13,12 +13,13 @@ the model learns to read its label from its features.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import redis
 
 from features import keys
+from features.ids import distinct
 from features.reader import FeatureReader, counts_array
 from rtrec.model import REALTIME_FEATURES
 
@@ -54,37 +55,28 @@ def read_realtime(reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequ
                   categories: bool = False) -> RealtimeReads:
     """The dense features of :func:`read_realtime_features` plus the raw item counts (and, with
     ``categories``, the items' categories from the catalogue), in one round trip."""
-    query = RealtimeQuery(reader, user_ids, item_ids, categories)
-    return query.decode(reader.run_pipeline(query.build))
+    return read_realtime_many(reader, [(user_ids, item_ids)], categories)[0]
 
 
 async def read_realtime_async(reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str],
                               categories: bool = False) -> RealtimeReads:
     """:func:`read_realtime` without blocking the event loop while Redis answers (serving)."""
-    query = RealtimeQuery(reader, user_ids, item_ids, categories)
-    return query.decode(await reader.run_pipeline_async(query.build))
-
-
-async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
-                                   categories: bool = False) -> list[RealtimeReads]:
-    """:func:`read_realtime_async` of several ``(user_ids, item_ids)`` reads in ONE round trip."""
-    queries = [RealtimeQuery(reader, users, items, categories) for users, items in pairs]
-    if not queries:
-        return []
-    replies = await reader.run_pipeline_async(lambda pipe: [q.build(pipe) for q in queries])
-    per = RealtimeQuery.COMMANDS
-    return [q.decode(replies[k * per:(k + 1) * per]) for k, q in enumerate(queries)]
+    return (await read_realtime_many_async(reader, [(user_ids, item_ids)], categories))[0]
 
 
 def read_realtime_many(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
                        categories: bool = False) -> list[RealtimeReads]:
-    """:func:`read_realtime_many_async` with a blocking client."""
+    """:func:`read_realtime` of several ``(user_ids, item_ids)`` reads in ONE round trip."""
     queries = [RealtimeQuery(reader, users, items, categories) for users, items in pairs]
-    if not queries:
-        return []
-    replies = reader.run_pipeline(lambda pipe: [q.build(pipe) for q in queries])
-    per = RealtimeQuery.COMMANDS
-    return [q.decode(replies[k * per:(k + 1) * per]) for k, q in enumerate(queries)]
+    return RealtimeQuery.decode_all(queries, reader.run_pipeline(RealtimeQuery.builder(queries)) if queries else [])
+
+
+async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
+                                   categories: bool = False) -> list[RealtimeReads]:
+    """:func:`read_realtime_many` without blocking the event loop while Redis answers (serving)."""
+    queries = [RealtimeQuery(reader, users, items, categories) for users, items in pairs]
+    replies = await reader.run_pipeline_async(RealtimeQuery.builder(queries)) if queries else []
+    return RealtimeQuery.decode_all(queries, replies)
 
 
 class RealtimeQuery:
@@ -92,14 +84,25 @@ class RealtimeQuery:
 
     COMMANDS = 4  # queued by build, decoded by decode
 
+    @staticmethod
+    def builder(queries: Sequence["RealtimeQuery"]) -> Callable[[redis.client.Pipeline], None]:
+        """What queues every query's commands on one pipeline."""
+        return lambda pipe: [q.build(pipe) for q in queries]  # type: ignore[func-returns-value]
+
+    @staticmethod
+    def decode_all(queries: Sequence["RealtimeQuery"], replies: list) -> list[RealtimeReads]:
+        """Each query's result from the replies of one pipeline built by :meth:`builder`."""
+        per = RealtimeQuery.COMMANDS
+        return [q.decode(replies[k * per:(k + 1) * per]) for k, q in enumerate(queries)]
+
     def __init__(self, reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str],
                  categories: bool = False) -> None:
         self.n = len(item_ids)
         if len(user_ids) not in (1, self.n):
             raise ValueError(f"user_ids must have 1 or {self.n} entries, got {len(user_ids)}")
         self.reader, self.categories = reader, categories
-        self.users, self.user_row = _dedupe(user_ids)
-        self.items, self.item_row = _dedupe(item_ids)
+        self.users, self.user_row = distinct([str(u) for u in user_ids])
+        self.items, self.item_row = distinct([str(i) for i in item_ids])
 
     def build(self, pipe: redis.client.Pipeline) -> None:
         reader = self.reader
@@ -136,10 +139,3 @@ class RealtimeQuery:
         named = [c.decode() or None if c is not None else None for c in cats]
         return RealtimeReads(dense, raw_item_counts, [named[r] for r in item_row])
 
-
-def _dedupe(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct values in first-seen order and each value's position among them (dict-based: cheaper
-    than sorting strings with ``np.unique`` for the tens to thousands of IDs of one read)."""
-    position: dict[str, int] = {}
-    inverse = [position.setdefault(str(v), len(position)) for v in values]  # per value: one dict op
-    return list(position), np.asarray(inverse, dtype=np.int64)

@@ -191,10 +191,6 @@ class ImpressionLog:
         self._send_pending()
         self.sink.close(timeout_s)
 
-    def flush(self) -> None:
-        """Hand everything queued so far to the sink now (tests; shutdown)."""
-        self._send_pending()
-
     def _drain(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._send_pending()

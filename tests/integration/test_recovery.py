@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -19,16 +18,6 @@ from rtrec.metrics_http import scrape
 from tests.integration.test_worker import ITEM_SLOT, Pipeline, traffic, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, redis_url: str) -> Iterator[Pipeline]:
-    p = Pipeline(tmp_path_factory.mktemp("recovery"), kafka_bootstrap, redis_url)
-    try:
-        p.add_worker()
-        yield p
-    finally:
-        p.stop()
 
 
 def end_offsets(kafka: str, topic: str) -> dict[str, int]:

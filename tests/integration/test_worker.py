@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -72,16 +72,6 @@ class Pipeline:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop(grace_s=10)
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, redis_url: str) -> Iterator[Pipeline]:
-    p = Pipeline(tmp_path_factory.mktemp("worker"), kafka_bootstrap, redis_url)
-    try:
-        p.add_worker()
-        yield p
-    finally:
-        p.stop()
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:

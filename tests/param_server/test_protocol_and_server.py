@@ -32,11 +32,15 @@ def raw_exchange(server: ServerThread, data: bytes, half_close: bool = False) ->
         sock.sendall(data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
-        header = _read(sock, HEADER.size)
-        _, _, op, _, meta_len, body_len = HEADER.unpack(header)
-        meta = json.loads(_read(sock, meta_len))
-        _read(sock, body_len)
-        return op, meta["args"]
+        return read_reply(sock)
+
+
+def read_reply(sock: socket.socket) -> tuple[int, dict]:
+    """One reply frame from the server: (op, args); its arrays are read and dropped."""
+    _, _, op, _, meta_len, body_len = HEADER.unpack(_read(sock, HEADER.size))
+    meta = json.loads(_read(sock, meta_len))
+    _read(sock, body_len)
+    return op, meta["args"]
 
 
 def _read(sock: socket.socket, n: int) -> bytes:

@@ -8,7 +8,6 @@ test_protocol_and_server.py.
 
 from __future__ import annotations
 
-import json
 import socket
 from typing import Iterator
 
@@ -18,9 +17,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from features.ids import feature_ids
 from param_server.client import ParamServerClient
-from param_server.protocol import ALLOWED_DTYPES, HEADER, Limits, Op, encode_frame
+from param_server.protocol import ALLOWED_DTYPES, Limits, Op, encode_frame
 from param_server.server import ServerThread
 from param_server.store import ParamStore
+from tests.param_server.test_protocol_and_server import read_reply
 
 REQUESTS = [Op.PULL, Op.PUSH, Op.DELTA, Op.SNAPSHOT, Op.STATS, Op.PULL_DENSE, Op.PUSH_DENSE, Op.PING]
 
@@ -62,20 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 
 def exchange(sock: socket.socket, frame: bytes) -> tuple[int, dict]:
     sock.sendall(frame)
-    header = _read(sock, HEADER.size)
-    _, _, op, _, meta_len, body_len = HEADER.unpack(header)
-    meta = json.loads(_read(sock, meta_len))
-    _read(sock, body_len)
-    return op, meta["args"]
-
-
-def _read(sock: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        assert chunk, "the server closed the connection instead of answering"
-        out += chunk
-    return bytes(out)
+    return read_reply(sock)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
