@@ -9,7 +9,7 @@ at its second sighting in a later training batch (``param_server/config.py``: ``
 
 One probe (one sample): the probe user gets an impression of a probe item (``request_id`` r),
 ``--click-gap`` seconds later the click on it with the same ``request_id``, as an application
-logs them. The joiner (``stream_workers/joiner.py``) turns the click into a positive example in
+logs them. The joiner (``rtrec/recipe/joiner.py``) turns the click into a positive example in
 the very batch that consumes it, because the impression is already pending; a click whose
 impression is not pending (already closed, never seen) would train nothing, and a click with no
 ``request_id`` would train at once as a positive-only example with sampled negatives. The timer

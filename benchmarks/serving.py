@@ -40,7 +40,7 @@ from features.writer import FeatureWriter
 from param_server.client import ParamServerClient
 from rtrec.events import Event
 from rtrec.metrics_http import scrape
-from rtrec.model import RecModel
+from rtrec.recipe.model import RecModel
 from rtrec.settings import load_settings
 from rtrec.stack.launcher import LocalStack, StackOptions
 

@@ -25,9 +25,9 @@ from torch.nn import functional as F
 
 from param_server.store import ParamStore
 from producers.simulator import ClickSimulator, SimulatorConfig
-from rtrec.model import RecModel, SparseFields
-from stream_workers.examples import ExampleBatch, RecentItems
-from stream_workers.trainer import OnlineTrainer
+from rtrec.recipe.model import RecModel, SparseFields
+from rtrec.recipe.examples import ExampleBatch, RecentItems
+from rtrec.recipe.trainer import OnlineTrainer
 
 
 def _batches(n_batches: int, batch_size: int, seed: int = 0) -> list[ExampleBatch]:

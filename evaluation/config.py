@@ -24,7 +24,7 @@ class TowerConfig:
 
     Attributes:
         dim: floats per sparse row.
-        tower_dim, tower_hidden, temperature: the towers (see :class:`rtrec.model.ModelConfig`).
+        tower_dim, tower_hidden, temperature: the towers (see :class:`rtrec.recipe.model.ModelConfig`).
         sparse_lr, init_scale: Adagrad learning rate and initial range of the sparse rows.
         dense_lr: Adam learning rate of the tower weights.
         steps: gradient steps per batch.

@@ -2,8 +2,8 @@
 
 The sparse rows (user, item, category) live in :class:`param_server.store.ParamStore` with the
 production per-slot configuration (admission, expiry, server-side Adagrad), pulled and pushed
-exactly as the stream worker's trainer does (:func:`stream_workers.trainer.pull_rows`, one pull
-and one push per step). The dense tower weights are :class:`rtrec.model.RecModel`'s, trained with
+exactly as the stream worker's trainer does (:func:`rtrec.recipe.trainer.pull_rows`, one pull
+and one push per step). The dense tower weights are :class:`rtrec.recipe.model.RecModel`'s, trained with
 Adam. Scores are the retrieval logits plus a learned weight times a real-time popularity feature::
 
     s(u, j) = <u, v_j> / tau + w_pop * log(1 + trending_j)
@@ -39,9 +39,9 @@ from param_server.hash_index import mix64
 from param_server.initializers import Uniform
 from param_server.optimizers import Adagrad
 from param_server.store import ParamStore
-from rtrec.model import ModelConfig, RecModel
-from stream_workers.examples import ModelSlots
-from stream_workers.trainer import pull_rows
+from rtrec.recipe.model import ModelConfig, RecModel
+from rtrec.recipe.examples import ModelSlots
+from rtrec.recipe.trainer import pull_rows
 
 __all__ = ["TowerConfig", "TowerRanker", "FrozenTowers", "fold_ids", "eval_tables"]
 

@@ -5,7 +5,7 @@ Read in one Redis round trip, with the window sums done inside Redis
 (:meth:`features.reader.FeatureReader.window_counts`). Counts enter as ``log1p``; CTRs are
 smoothed towards the stream's CTR over the same window with ``ctr_prior_strength``
 pseudo-impressions; trending is ``log1p`` of the decayed score. Order:
-:data:`rtrec.model.REALTIME_FEATURES`. Training must read them as they were before the example's
+:data:`rtrec.recipe.model.REALTIME_FEATURES`. Training must read them as they were before the example's
 own label arrived (the worker reads them before it applies the batch that holds the click), or
 the model learns to read its label from its features.
 """
@@ -21,7 +21,7 @@ import redis
 from features import keys
 from features.ids import distinct
 from features.reader import FeatureReader, counts_array
-from rtrec.model import REALTIME_FEATURES
+from rtrec.recipe.model import REALTIME_FEATURES
 
 __all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "read_realtime_many",
            "read_realtime_many_async", "RealtimeQuery", "RealtimeReads",
@@ -36,7 +36,7 @@ class RealtimeReads:
     """One read: the model's dense features and the raw item counts they came from.
 
     Attributes:
-        dense: ``float32 (n, 8)`` in :data:`rtrec.model.REALTIME_FEATURES` order.
+        dense: ``float32 (n, 8)`` in :data:`rtrec.recipe.model.REALTIME_FEATURES` order.
         item_counts: ``int64 (n, 4)``, columns :data:`ITEM_COUNTS` (serving's "new item" rule reads them).
         categories: each item's category from the catalogue (None where unknown), when asked for.
     """

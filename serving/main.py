@@ -36,7 +36,7 @@ from param_server.config import DEFAULT_TABLES, EmbeddingConfig, tables_from_jso
 from rtrec.errors import ImproperlyConfigured
 from rtrec.logs import configure_logging
 from rtrec.metrics_http import serve_metrics
-from rtrec.model import ModelConfig
+from rtrec.recipe.model import ModelConfig
 from serving.api import Serving, create_app
 from serving.catalog import ItemCatalog
 from serving.impressions import ImpressionLog, SenderProcess
@@ -46,7 +46,7 @@ from serving.mirror import ParamMirror
 from serving.model_state import ModelHolder
 from serving.ranking import RankingConfig, RecentUsers, Recommender
 from serving.sync import SyncLoop
-from stream_workers.examples import ModelSlots
+from rtrec.recipe.examples import ModelSlots
 
 __all__ = ["main", "build_serving"]
 

@@ -1,7 +1,7 @@
 """Serving's local, read-only copy of the parameter server's sparse rows, kept up to date by deltas.
 
 The request path never talks to the parameter server: :class:`ParamMirror` answers ``pull_many``
-(the one method :class:`stream_workers.trainer.Scorer` needs) from memory. Each slot's rows live
+(the one method :class:`rtrec.recipe.trainer.Scorer` needs) from memory. Each slot's rows live
 in a :class:`MirrorTable` -- the parameter server's own vectorised :class:`HashIndex` from feature
 ID to row, plus one growing ``float32`` array -- so applying a delta and pulling a batch are numpy
 passes, never a loop over IDs.

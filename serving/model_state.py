@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from features.ids import feature_ids
-from rtrec.model import ModelConfig, RecModel, masked_mean
+from rtrec.recipe.model import ModelConfig, RecModel, masked_mean
 from serving.mirror import ParamMirror
-from stream_workers.examples import ModelSlots, context_strings, pad_strings, slot_ids
-from stream_workers.trainer import Scorer, pull_rows
+from rtrec.recipe.examples import ModelSlots, context_strings, pad_strings, slot_ids
+from rtrec.recipe.trainer import Scorer, pull_rows
 
 __all__ = ["ServingModel", "ModelHolder", "UserSide"]
 

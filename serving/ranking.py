@@ -29,7 +29,7 @@ from serving.catalog import ItemCatalog
 from serving.index import ItemIndex
 from serving.mirror import ParamMirror
 from serving.model_state import ModelHolder, ServingModel, UserSide
-from stream_workers.examples import ModelSlots
+from rtrec.recipe.examples import ModelSlots
 
 __all__ = ["Ask", "RankingConfig", "Recommendation", "Recommender", "apply_rules"]
 

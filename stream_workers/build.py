@@ -10,11 +10,11 @@ from features.reader import FeatureReader
 from features.writer import FeatureWriter
 from param_server.sharding import ShardedClient
 from rtrec.settings import Settings
-from stream_workers.joiner import Joiner
+from rtrec.recipe.joiner import Joiner
 from stream_workers.pipeline import BatchPipeline
 from stream_workers.recovery import KafkaRangeReader, Recovery
-from stream_workers.trainer import OnlineTrainer
-from stream_workers.training import TrainingStep
+from rtrec.recipe.trainer import OnlineTrainer
+from rtrec.recipe.training import TrainingStep
 
 
 def build_pipeline(settings: Settings, train: bool = True) -> BatchPipeline:

@@ -81,7 +81,7 @@ class JoinerCollector(Collector):
     one), ``positive_only`` (an action with no impression to join), ``evicted`` (closed early
     because the state was full), ``unmatched_late`` (an action whose impression was gone).
 
-    >>> from stream_workers.joiner import Joiner
+    >>> from rtrec.recipe.joiner import Joiner
     >>> [m.samples[0].value for m in JoinerCollector(Joiner()).collect()]
     [0]
     """

@@ -22,13 +22,13 @@ from typing import Any, Mapping, Protocol, Sequence
 from features.writer import FeatureWriter, WriteResult
 from rtrec.events import Event, action_label
 from stream_workers import metrics
-from stream_workers.joiner import Joiner, LabelledExample
+from rtrec.recipe.joiner import Joiner, LabelledExample
 from stream_workers.validation import DeadLetter, split_batch
 
 log = logging.getLogger(__name__)
 
 class Trainer(Protocol):
-    """What the pipeline trains with (:class:`stream_workers.training.TrainingStep`)."""
+    """What the pipeline trains with (:class:`rtrec.recipe.training.TrainingStep`)."""
 
     def prepare(self, examples: list[LabelledExample], events: list[Event]) -> Any: ...
 

@@ -34,7 +34,7 @@ from prometheus_client import Counter
 
 from param_server.sharding import shard_of
 from rtrec.events import Event
-from stream_workers.joiner import Joiner
+from rtrec.recipe.joiner import Joiner
 from stream_workers.validation import split_batch
 
 __all__ = ["Recovery", "ShardSubset", "KafkaRangeReader", "shards_of"]
@@ -139,7 +139,7 @@ class KafkaRangeReader:
 class Recovery:
     """Watches the shards' epochs before each batch and replays what a restarted shard lost.
 
-    ``step`` is the worker's :class:`~stream_workers.training.TrainingStep` and ``joiner`` its live
+    ``step`` is the worker's :class:`~rtrec.recipe.training.TrainingStep` and ``joiner`` its live
     joiner; ``reader`` reads Kafka ranges.
     """
 
@@ -218,7 +218,7 @@ class Recovery:
         prime = _events(self.reader.read({tp: (max(0, lo - self.prime_events), lo)
                                           for tp, (lo, _) in train_ranges.items()}))
         events = _events(self.reader.read(train_ranges))
-        from stream_workers.training import TrainingStep
+        from rtrec.recipe.training import TrainingStep
 
         joiner = Joiner(window_s=self.joiner.window_s, max_pending=self.joiner.max_pending,
                         label_actions=self.joiner.label_actions,

@@ -23,10 +23,10 @@ from param_server.store import ParamStore
 from rtrec.events import Event, encode_event
 from serving.metrics import ServingMetrics
 from stream_workers import metrics as worker_metrics
-from stream_workers.joiner import Joiner
+from rtrec.recipe.joiner import Joiner
 from stream_workers.metrics import ConsumerLagMonitor, JoinerCollector, dead_letter_action, group_lag
 from stream_workers.pipeline import BatchPipeline
-from stream_workers.trainer import TrainerMetrics
+from rtrec.recipe.trainer import TrainerMetrics
 
 COMPONENTS = ("worker", "trainer", "features", "param_server", "serving", "producer")
 NAME = re.compile(rf"rtrec_({'|'.join(COMPONENTS)})_[a-z0-9_]+")

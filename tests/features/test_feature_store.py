@@ -169,7 +169,7 @@ def test_unknown_count_name_is_a_value_error(store) -> None:
 
 def test_realtime_features_follow_the_readers_smoothed_values(redis_url: str) -> None:
     from features.realtime import read_realtime_features
-    from rtrec.model import REALTIME_FEATURES
+    from rtrec.recipe.model import REALTIME_FEATURES
 
     config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
     client = redis.Redis.from_url(redis_url)

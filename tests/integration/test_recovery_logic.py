@@ -19,11 +19,11 @@ from param_server.config import EmbeddingConfig
 from param_server.store import ParamStore
 from param_server.sharding import ShardedClient
 from rtrec.events import Event, encode_event
-from stream_workers.joiner import Joiner
+from rtrec.recipe.joiner import Joiner
 from stream_workers.pipeline import BatchPipeline
 from stream_workers.recovery import Recovery, ShardSubset
-from stream_workers.trainer import OnlineTrainer
-from stream_workers.training import TrainingStep
+from rtrec.recipe.trainer import OnlineTrainer
+from rtrec.recipe.training import TrainingStep
 
 TOPIC = "actions"
 PARTITIONS = 4

@@ -9,8 +9,8 @@ import numpy as np
 from param_server.store import ParamStore
 from producers.simulator import ClickSimulator, SimulatorConfig
 from rtrec.events import Event
-from stream_workers.examples import ExampleBatch
-from stream_workers.trainer import OnlineTrainer, TrainerConfig
+from rtrec.recipe.examples import ExampleBatch
+from rtrec.recipe.trainer import OnlineTrainer, TrainerConfig
 
 T0 = 1.7e9
 SIM = SimulatorConfig(users=40, items=150, categories=5, seed=3, shift_fraction=0.0, trending_items=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rtrec.model import RecModel
+from rtrec.recipe.model import RecModel
 from serving.index import IndexPlan, ItemIndex, recall_at
 
 PLAN = IndexPlan(ivf_min_items=5_000, nprobe=32)

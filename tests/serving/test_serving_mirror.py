@@ -92,8 +92,8 @@ def test_sync_indexes_named_items_and_evictions_remove_them(trained: Trained) ->
 
 def test_serving_fast_paths_equal_the_scorer(trained: Trained) -> None:
     """score_candidates / item_vectors over the mirror give the Scorer's numbers over the store."""
-    from stream_workers.examples import ExampleBatch
-    from stream_workers.trainer import Scorer
+    from rtrec.recipe.examples import ExampleBatch
+    from rtrec.recipe.trainer import Scorer
 
     serving = build_serving(trained.store, None, CollectorRegistry(), dense_every=1)
     serving.sync.sync_once()

@@ -17,10 +17,10 @@ import numpy as np
 from features.reader import FeatureReader
 from features.realtime import read_realtime_features
 from rtrec.events import Event
-from stream_workers.examples import ExampleBatch, RecentItems
-from stream_workers.joiner import LabelledExample
-from stream_workers.negatives import NegativeSampler, add_sampled_negatives
-from stream_workers.trainer import OnlineTrainer, TrainStats
+from rtrec.recipe.examples import ExampleBatch, RecentItems
+from rtrec.recipe.joiner import LabelledExample
+from rtrec.recipe.negatives import NegativeSampler, add_sampled_negatives
+from rtrec.recipe.trainer import OnlineTrainer, TrainStats
 
 log = logging.getLogger(__name__)
 

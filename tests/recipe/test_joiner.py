@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rtrec.events import Event
-from stream_workers.joiner import Joiner
+from rtrec.recipe.joiner import Joiner
 
 
 def imp(eid: str, item: str, ts: float, req: str = "r1") -> Event:

@@ -33,7 +33,7 @@ from dataclasses import replace
 import numpy as np
 
 from param_server.hash_index import mix64
-from stream_workers.examples import ExampleBatch
+from rtrec.recipe.examples import ExampleBatch
 
 __all__ = ["ItemFrequency", "NegativeSampler", "add_sampled_negatives"]
 

@@ -14,10 +14,10 @@ from param_server.optimizers import Adagrad
 from param_server.store import ParamStore
 from producers.simulator import ClickSimulator, SimulatorConfig
 from rtrec.events import Event
-from rtrec.model import ModelConfig
-from stream_workers.examples import ExampleBatch, ModelSlots, RecentItems
-from stream_workers.negatives import ItemFrequency, NegativeSampler, add_sampled_negatives
-from stream_workers.trainer import OnlineTrainer, TrainerConfig, binary_auc
+from rtrec.recipe.model import ModelConfig
+from rtrec.recipe.examples import ExampleBatch, ModelSlots, RecentItems
+from rtrec.recipe.negatives import ItemFrequency, NegativeSampler, add_sampled_negatives
+from rtrec.recipe.trainer import OnlineTrainer, TrainerConfig, binary_auc
 
 SLOTS = ModelSlots.from_tables()
 
@@ -294,8 +294,8 @@ def test_towers_retrieve_favourite_category_items_more_than_random(trained: Trai
 
 def test_a_batch_with_non_finite_features_is_skipped_and_changes_nothing() -> None:
     from param_server.store import ParamStore
-    from stream_workers.examples import ExampleBatch
-    from stream_workers.trainer import OnlineTrainer
+    from rtrec.recipe.examples import ExampleBatch
+    from rtrec.recipe.trainer import OnlineTrainer
 
     store = ParamStore()
     trainer = OnlineTrainer(store)

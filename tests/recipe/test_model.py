@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from param_server.store import ParamStore
-from rtrec.model import DENSE_PREFIX, ModelConfig, RecModel, SparseFields, masked_mean
+from rtrec.recipe.model import DENSE_PREFIX, ModelConfig, RecModel, SparseFields, masked_mean
 
 CONFIG = ModelConfig(sparse_dim=8, tower_dim=16)
 

@@ -6,14 +6,14 @@
    missing values pull nothing;
 2. ONE ``pull_many`` of the unique IDs; the rows become one leaf tensor ``E`` (``requires_grad``)
    from which every field is gathered, so ``dL/dE`` is already summed over occurrences;
-3. forward (``rtrec.model.RecModel``) and the loss, summed over examples::
+3. forward (``rtrec.recipe.model.RecModel``) and the loss, summed over examples::
 
        L = sum_i w_i sum_h m_ih BCE(logit_ih, y_ih)  +  lambda * sum_{i in P} w_i CE_i
        CE_i = -log softmax_j( <u_i, v_j> / tau - log Q_j )[item_i]
 
    ``m_ih`` masks unknown labels (NaN); ``P`` are the click-positive, non-sampled rows; ``j``
    runs over the batch's distinct items (in-batch negatives), ``log Q_j`` is their log candidate
-   frequency (``batch.log_q`` or the trainer's :class:`~stream_workers.negatives.ItemFrequency`);
+   frequency (``batch.log_q`` or the trainer's :class:`~rtrec.recipe.negatives.ItemFrequency`);
 4. backward; ONE ``push_many(unique IDs, dL/dE)`` -- the per-example-sum gradient, as plain
    SGD on each example would see it; the server applies its per-slot optimizer;
 5. the dense weights take a local Adam step on ``L / sum_i w_i``.
@@ -55,9 +55,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch.nn import functional as F
 
 from param_server.config import DEFAULT_TABLES, EmbeddingConfig
-from rtrec.model import ModelConfig, RecModel, SparseFields
-from stream_workers.examples import ExampleBatch, FeatureIdBatch, ModelSlots, context_strings, pad_strings, slot_ids
-from stream_workers.negatives import ItemFrequency
+from rtrec.recipe.model import ModelConfig, RecModel, SparseFields
+from rtrec.recipe.examples import ExampleBatch, FeatureIdBatch, ModelSlots, context_strings, pad_strings, slot_ids
+from rtrec.recipe.negatives import ItemFrequency
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def _dense(batch: ExampleBatch, n_dense: int) -> torch.Tensor | None:
 
 
 class OnlineTrainer(Scorer):
-    """Trains :class:`~rtrec.model.RecModel` on example batches against a parameter server.
+    """Trains :class:`~rtrec.recipe.model.RecModel` on example batches against a parameter server.
 
     ``params``: anything with the ParamStore methods ``pull_many``, ``push_many``,
     ``pull_dense``, ``push_dense`` (the in-process store, the RPC or sharded client).

@@ -12,7 +12,7 @@ head's loss (e.g. the joiner labels clicks only, so like/share are unknown on it
 
 ``log_q`` (optional, per row) is the log of how often the row's item is expected among a batch's
 candidates, up to a constant shared by the batch; the trainer uses it for the log-Q correction of
-its in-batch softmax and estimates it itself when absent (see ``stream_workers.negatives``).
+its in-batch softmax and estimates it itself when absent (see ``rtrec.recipe.negatives``).
 
 >>> from rtrec.events import Event
 >>> imp = Event("e1", "u1", "i9", "impression", 10.0, request_id="r", context={"device": "ios"},
@@ -177,7 +177,7 @@ class ExampleBatch:
 
         Every event is a positive of the click head and of the head named by its action; with
         ``min_rating``, a ``rating`` below it is a negative instead. Add negatives with
-        ``stream_workers.negatives.add_sampled_negatives``.
+        ``rtrec.recipe.negatives.add_sampled_negatives``.
         """
         labels = np.full((len(events), len(heads)), np.nan, dtype=np.float32)
         action = np.array([e.action for e in events], dtype=object)  # per event: attribute reads
