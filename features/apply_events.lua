@@ -115,7 +115,7 @@ table.sort(stream_order, function(x, y) return x[2] < y[2] end)
 for _, g in ipairs(stream_order) do bump(p .. 'c:g', g[1], g[2], g[3]) end
 touched[p .. 'c:g'] = true
 for key in pairs(touched) do redis.call('EXPIRE', key, key_ttl) end
-redis.call('SET', p .. 'wm', string.format('%.6f', wm))
+redis.call('SET', p .. 'wm', string.format('%.6f', wm), 'EX', key_ttl)  -- expires like every key
 if seq then
   local over = redis.call('ZCARD', cat_log) - catalog_size
   if over > 0 then  -- the least recently changed entries leave the catalogue

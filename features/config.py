@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from features.windows import DEFAULT_WINDOWS, WindowSpec
+from rtrec.settings import DEFAULT_MAX_EVENT_AHEAD_S
 
 #: Actions that show interest: they feed recent items, sessions, trending and popularity.
 POSITIVE_ACTIONS = frozenset({"click", "like", "share", "purchase", "rating"})
@@ -23,12 +24,13 @@ class FeatureConfig:
     catalog_size: int = 1_000_000  # items kept in the catalogue (least recently changed leave first)
     ctr_prior_strength: float = 20.0  # pseudo-impressions of the smoothing prior
     lateness_s: float = 3600.0  # how late an event may arrive and still be deduplicated
+    max_event_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S  # later event times are refused (wall clock)
     prefix: str = "rtrec:"
     positive_actions: frozenset[str] = field(default=POSITIVE_ACTIONS)
 
     @property
     def key_ttl_s(self) -> int:
-        """TTL of every per-entity key: the longest window plus the allowed lateness."""
+        """TTL of every key but sessions: the longest window plus the allowed lateness."""
         return int(max(w.seconds for w in self.windows) + self.lateness_s)
 
     @property

@@ -1,8 +1,11 @@
 """The Redis key layout of the feature store, in one place (serving never builds keys itself).
 
+Every key expires: ``key_ttl_s`` (longest window + allowed lateness) after its last write, the
+dedupe marks after ``dedupe_ttl_s`` and session lists after the session gap.
+
 | key | type | content |
 |---|---|---|
-| ``{p}wm`` | string | watermark: newest event time applied |
+| ``{p}wm`` | string | watermark: newest event time applied (never beyond the writer's event-time bound) |
 | ``{p}seen:{event_id}`` | string | the event was applied (idempotency), TTL ``dedupe_ttl_s`` |
 | ``{p}c:u:{user}`` / ``{p}c:i:{item}`` / ``{p}c:g`` | hash | ``{window}:{action}:{slot}`` → ``"{bucket}:{count}"``; ``last_ts``; ``category`` (items) |
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |

@@ -4,6 +4,10 @@ Each batch is applied by a Lua script (``apply_events.lua``) that checks and rec
 ``event_id`` and updates the windowed counters, recent/session lists and rankings in the same
 atomic step, so a crash can never leave an event recorded but not counted, and a redelivered or
 replayed event changes nothing. Chunks of a batch go out in one pipeline: one round trip per batch.
+
+Events stamped more than ``config.max_event_ahead_s`` after the wall clock are refused (counted
+and logged, never applied): validation dead-letters them first, and this second check keeps one
+such event from moving the watermark, after which every window read would be empty.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ EVENTS_PER_CALL = 200
 
 EVENTS_APPLIED = Counter("rtrec_features_events_applied_total", "Events whose feature effects were applied.")
 EVENTS_DUPLICATE = Counter("rtrec_features_events_duplicate_total", "Events skipped as already applied.")
+EVENTS_REFUSED = Counter("rtrec_features_events_refused_total",
+                         "Events not applied because their time is too far ahead of the wall clock.")
 WRITE_SECONDS = Histogram("rtrec_features_redis_write_seconds", "Time to write one batch of events to Redis.",
                           buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
 
@@ -54,8 +60,12 @@ class FeatureWriter:
         for w in c.windows:
             self._head += [w.name, w.bucket_s, w.slots]
 
-    def write_many(self, events: Sequence[Event]) -> WriteResult:
-        """Apply a batch of events; safe to call again with the same events (nothing changes)."""
+    def write_many(self, events: Sequence[Event], now: float | None = None) -> WriteResult:
+        """Apply a batch of events; safe to call again with the same events (nothing changes).
+
+        ``now`` (default: the wall clock) bounds event time: later events are refused.
+        """
+        events = self._within_bound(events, time.time() if now is None else now)
         if not events:
             return WriteResult(0, 0)
         start = time.perf_counter()
@@ -69,6 +79,18 @@ class FeatureWriter:
         EVENTS_APPLIED.inc(applied)
         EVENTS_DUPLICATE.inc(duplicates)
         return WriteResult(applied, duplicates)
+
+    def _within_bound(self, events: Sequence[Event], now: float) -> Sequence[Event]:
+        """The events no later than ``now + max_event_ahead_s``; the others are counted and logged."""
+        horizon = now + self.config.max_event_ahead_s
+        if all(e.ts <= horizon for e in events):  # the usual case: nothing to copy
+            return events
+        kept = [e for e in events if e.ts <= horizon]
+        refused = len(events) - len(kept)
+        EVENTS_REFUSED.inc(refused)
+        log.warning("refused %d events stamped more than %.0f s after the wall clock (latest ts %.0f)",
+                    refused, self.config.max_event_ahead_s, max(e.ts for e in events))
+        return kept
 
     def _encode(self, events: Sequence[Event]) -> str:
         """The events as one JSON array for the script (see apply_events.lua)."""

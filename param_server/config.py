@@ -39,6 +39,8 @@ class EmbeddingConfig:
         optimizer: sparse optimizer applied on push.
         admit_after: sightings (pushed occurrences) before an ID gets a row; 1 = at once.
         expire_after_s: evict a row not updated for this many seconds of event time; None = never.
+        hash_buckets: fold every ID of the slot into this many shared rows
+            (:mod:`param_server.hashing`; the ``hashed`` baseline of ``rtrec eval``); None = one row per ID.
     """
 
     name: str
@@ -48,6 +50,7 @@ class EmbeddingConfig:
     optimizer: AnyOptimizer = field(default_factory=Adagrad)
     admit_after: int = 1
     expire_after_s: float | None = None
+    hash_buckets: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.slot <= MAX_SLOT:
@@ -58,6 +61,8 @@ class EmbeddingConfig:
             raise ValueError(f"{self.name}: admit_after must be >= 1, got {self.admit_after}")
         if self.expire_after_s is not None and self.expire_after_s <= 0:
             raise ValueError(f"{self.name}: expire_after_s must be > 0, got {self.expire_after_s}")
+        if self.hash_buckets is not None and self.hash_buckets < 1:
+            raise ValueError(f"{self.name}: hash_buckets must be >= 1, got {self.hash_buckets}")
 
     def to_dict(self) -> dict:
         out = asdict(self)

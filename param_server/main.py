@@ -49,14 +49,15 @@ def load_store(settings: Any, tables: tuple[EmbeddingConfig, ...]) -> ParamStore
     path = latest_snapshot(settings.snapshot_dir, settings.ps_shard)
     if path is None:
         log.info("no snapshot of shard %d under %s; starting empty", settings.ps_shard, settings.snapshot_dir)
-        return ParamStore(tables, settings.snapshot_dir, settings.ps_shard, settings.ps_num_shards)
+        return ParamStore(tables, settings.snapshot_dir, settings.ps_shard, settings.ps_num_shards,
+                          settings.max_event_ahead_s)
     arrays, meta = read_snapshot(path)
     if (meta["shard"], meta["num_shards"]) != (settings.ps_shard, settings.ps_num_shards):
         raise ImproperlyConfigured(
             f"snapshot {path} is of shard {meta['shard']}/{meta['num_shards']} but this process is "
             f"shard {settings.ps_shard}/{settings.ps_num_shards}; IDs would be routed elsewhere")
     try:
-        store = ParamStore.from_state(arrays, meta, tables, settings.snapshot_dir)
+        store = ParamStore.from_state(arrays, meta, tables, settings.snapshot_dir, settings.max_event_ahead_s)
     except ValueError as exc:
         raise ImproperlyConfigured(f"cannot restore {path}: {exc}") from exc
     store.mark_snapshot(path, store.version)

@@ -10,6 +10,11 @@ that evicted something). Every row records the version of its last change, so
 ``delta(since)`` is one comparison over the row versions. A delta's ``version`` is the cursor to
 pass back next time (an int here, a tuple of ints for the sharded client).
 
+Event clock: expiry runs on the newest pushed event time, so a replay expires rows as the live
+stream did. Pushed times are clamped at ``wall clock + max_event_ahead_s`` (counted in
+``stats()["future_ts_clamped"]`` and logged): one batch stamped years ahead would otherwise move
+the clock there and make every row stale at the next expiry pass.
+
 >>> from features.ids import feature_ids
 >>> store = ParamStore()
 >>> items = feature_ids(2, ["a", "b"])
@@ -30,13 +35,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from features.ids import slot_of
 from param_server.config import DEFAULT_TABLES, EmbeddingConfig, validate_tables
+from param_server.hashing import buckets_by_slot, fold_by_slot
 from param_server.table import EmbeddingTable, TableDelta
+from rtrec.settings import DEFAULT_MAX_EVENT_AHEAD_S
 
 __all__ = ["ParamStore", "Delta", "DenseParams", "Offsets", "merge_offsets"]
 
@@ -92,15 +99,22 @@ class ParamStore:
     """One shard's sparse tables (one per slot) and dense tensors, updated in batches."""
 
     def __init__(self, tables: Sequence[EmbeddingConfig] = DEFAULT_TABLES,
-                 snapshot_dir: str | Path | None = None, shard: int = 0, num_shards: int = 1) -> None:
+                 snapshot_dir: str | Path | None = None, shard: int = 0, num_shards: int = 1,
+                 max_event_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``max_event_ahead_s`` bounds pushed event times against ``wall_clock`` (see the module doc)."""
         validate_tables(tables)
         self.configs = tuple(tables)
         self.tables = {c.name: EmbeddingTable(c) for c in self.configs}
         self._by_slot = {c.slot: self.tables[c.name] for c in self.configs}
+        self._buckets = buckets_by_slot(self.configs)  # slots whose IDs share hashed rows
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self.shard, self.num_shards = shard, num_shards
         self.version = 0
-        self.event_clock = -np.inf  # the latest event time pushed
+        self.event_clock = -np.inf  # the latest event time pushed (clamped, see _event_times)
+        self.max_event_ahead_s = float(max_event_ahead_s)
+        self.wall_clock = wall_clock
+        self.future_ts_clamped = 0  # pushes whose event time was beyond the bound
         self.offsets: Offsets = {}
         self.dense: dict[str, np.ndarray] = {}
         self.dense_version = 0
@@ -117,7 +131,7 @@ class ParamStore:
 
         All slots in one call must share a dim.
         """
-        ids = _as_ids(ids)
+        ids = fold_by_slot(_as_ids(ids), self._buckets)
         groups = self._groups(ids)
         if len(groups) == 1:
             table, _ = groups[0]
@@ -135,7 +149,7 @@ class ParamStore:
         the Kafka offsets this batch brings the state up to; recorded in the next snapshot.
         Each occurrence of an ID counts as one sighting for admission; duplicates are summed.
         """
-        ids = _as_ids(ids)
+        ids = fold_by_slot(_as_ids(ids), self._buckets)
         grads = np.asarray(grads, dtype=np.float32)
         if grads.ndim != 2 or grads.shape[0] != ids.size:
             raise ValueError(f"grads must be (n, dim) with n = {ids.size}, got {grads.shape}")
@@ -223,7 +237,8 @@ class ParamStore:
             for name, t in self.tables.items()
         }
         return {"version": self.version, "shard": self.shard, "num_shards": self.num_shards,
-                "event_clock": _json_float(self.event_clock), "dense_version": self.dense_version,
+                "event_clock": _json_float(self.event_clock), "future_ts_clamped": self.future_ts_clamped,
+                "dense_version": self.dense_version,
                 "dense_tensors": len(self.dense), "tables": tables,
                 "offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in self.offsets.items()},
                 "epoch": self.incarnation,
@@ -251,9 +266,10 @@ class ParamStore:
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], meta: dict,
                    tables: Sequence[EmbeddingConfig] = DEFAULT_TABLES,
-                   snapshot_dir: str | Path | None = None) -> "ParamStore":
+                   snapshot_dir: str | Path | None = None,
+                   max_event_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S) -> "ParamStore":
         """Rebuild a store from :meth:`export_state` output under the given table config."""
-        store = cls(tables, snapshot_dir, int(meta["shard"]), int(meta["num_shards"]))
+        store = cls(tables, snapshot_dir, int(meta["shard"]), int(meta["num_shards"]), max_event_ahead_s)
         missing = [c.name for c in store.configs if c.name not in meta["tables"]]
         if missing:
             raise ValueError(f"snapshot has no tables {missing}; the slot configuration changed")
@@ -267,6 +283,7 @@ class ParamStore:
         store.version, store.dense_version = int(meta["version"]), int(meta["dense_version"])
         clock = meta["event_clock"]
         store.event_clock = -np.inf if clock is None else float(clock)
+        store._clamp_restored_clock()
         store.offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in meta["offsets"].items()}
         store.restored_offsets = {t: dict(parts) for t, parts in store.offsets.items()}
         return store
@@ -298,21 +315,47 @@ class ParamStore:
         return dims.pop()
 
     def _event_times(self, ts: float | np.ndarray | None, n: int) -> float | np.ndarray:
-        """Validate event times and advance the event clock."""
+        """Validate event times, clamp them at the bound, and advance the event clock."""
         if ts is None:
             return self.event_clock if np.isfinite(self.event_clock) else 0.0
         if np.ndim(ts) == 0:
             ts = float(ts)
-            latest = ts
         else:
             ts = np.asarray(ts, dtype=np.float64)
             if ts.shape != (n,):
                 raise ValueError(f"ts must be a number or an array of {n} event times, got {ts.shape}")
-            latest = float(ts.max()) if n else -np.inf
         if not np.all(np.isfinite(ts)):
             raise ValueError("event times must be finite")
+        ts = self._clamp_future(ts)
+        latest = float(np.max(ts)) if np.size(ts) else -np.inf
         self.event_clock = max(self.event_clock, latest)
         return ts
+
+    def _clamp_future(self, ts: float | np.ndarray) -> float | np.ndarray:
+        """Event times no later than wall clock + bound: the rows and the clock never run ahead."""
+        horizon = self.wall_clock() + self.max_event_ahead_s
+        if np.max(ts, initial=-np.inf) <= horizon:  # the usual case: nothing to copy
+            return ts
+        self.future_ts_clamped += 1
+        log.warning("push with event time %.0f is %.0f s ahead of the wall clock (bound %.0f s); clamped",
+                    float(np.max(ts)), float(np.max(ts)) - (horizon - self.max_event_ahead_s),
+                    self.max_event_ahead_s)
+        return min(ts, horizon) if np.ndim(ts) == 0 else np.minimum(ts, horizon)
+
+    def _clamp_restored_clock(self) -> None:
+        """Bring a restored clock back within the bound (snapshots written before it existed).
+
+        The tables' next expiry checks were scheduled from that clock: they are reset so the next
+        push runs an expiry pass on the clamped clock instead of waiting years for the old one.
+        """
+        horizon = self.wall_clock() + self.max_event_ahead_s
+        if self.event_clock <= horizon:
+            return
+        log.warning("restored event clock %.0f is beyond the wall clock + %.0f s; clamped",
+                    self.event_clock, self.max_event_ahead_s)
+        self.event_clock = horizon
+        for table in self.tables.values():
+            table.next_expiry_check = -np.inf
 
     def _maybe_expire(self) -> None:
         if any(self.event_clock >= t.next_expiry_check for t in self.tables.values()

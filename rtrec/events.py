@@ -28,6 +28,7 @@ __all__ = [
     "Invalid",
     "action_label",
     "encode_event",
+    "future_ts_reason",
     "parse_event",
     "validate_fields",
 ]
@@ -136,6 +137,24 @@ def validate_fields(obj: dict[str, Any]) -> Event | Invalid:
         context=attrs["context"],
         item=attrs["item"],
     )
+
+
+def future_ts_reason(ts: float, now: float, max_ahead_s: float) -> str | None:
+    """Why ``ts`` lies beyond the event-time bound (more than ``max_ahead_s`` after ``now``), or None.
+
+    Producers stamp event time, so one clock error (or a hostile producer) could move every
+    watermark and expiry clock that follows it; consumers refuse what is too far ahead of their
+    own clock. Past times are never refused: replays of old logs are valid events.
+
+    >>> future_ts_reason(1_700_086_400.0, now=1_700_000_000.0, max_ahead_s=3600)
+    'ts 1700086400 is 86400 s ahead of the worker clock (bound 3600 s)'
+    >>> future_ts_reason(880_000_000.0, now=1_700_000_000.0, max_ahead_s=3600) is None
+    True
+    """
+    ahead = ts - now
+    if ahead <= max_ahead_s:
+        return None
+    return f"ts {ts:.0f} is {ahead:.0f} s ahead of the worker clock (bound {max_ahead_s:.0f} s)"
 
 
 def _is_number(value: object) -> bool:

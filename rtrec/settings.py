@@ -12,6 +12,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Default of ``max_event_ahead_s``, also the default of the library classes that take the bound
+#: (validation, feature writer, parameter store), which never read the environment themselves.
+DEFAULT_MAX_EVENT_AHEAD_S = 3600.0
+
 
 class Settings(BaseSettings):
     """Typed configuration of every rtrec process (see the README's configuration table)."""
@@ -53,6 +57,9 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(1000, ge=1, description="Most events per micro-batch.")
     worker_batch_within_s: float = Field(0.2, gt=0, description="Longest wait to fill a micro-batch.")
     join_window_s: float = Field(60.0, gt=0, description="Event seconds an impression waits for an action.")
+    max_event_ahead_s: float = Field(
+        DEFAULT_MAX_EVENT_AHEAD_S, ge=0,
+        description="Events stamped more than this many seconds after the wall clock are dead-lettered.")
     torch_threads: int = Field(1, ge=1, description="CPU threads torch may use in a worker or serving process.")
     data_dir: Path = Field(Path(".rtrec-data"), description="Scratch folder of a worker (Faust's data dir).")
 

@@ -36,7 +36,8 @@ def broker_urls(bootstrap: str) -> list[str]:
 class Pipeline(Protocol):
     def process(self, values: Sequence[bytes | None],
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
-                starts: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult: ...
+                starts: Mapping[str, Mapping[int, int]] | None = None,
+                partitions: Sequence[int] | None = None) -> BatchResult: ...
 
 
 def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
@@ -65,7 +66,8 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     async def process(stream: faust.Stream) -> None:
         async for batch in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_within_s):
             values = [event.message.value for event in batch]
-            result = await _process_with_retry(pipeline, values, next_offsets(batch), first_offsets(batch))
+            partitions = [event.message.partition for event in batch]
+            result = await _process_with_retry(pipeline, values, next_offsets(batch), first_offsets(batch), partitions)
             for letter in result.dead_letters:
                 await dlq.send(value=letter.to_json())
             if result.dead_letters:
@@ -95,12 +97,13 @@ def first_offsets(batch: list) -> dict[str, dict[int, int]]:
     return out
 
 
-async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, starts: dict) -> BatchResult:
+async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, starts: dict,
+                              partitions: list[int]) -> BatchResult:
     """Run the pipeline until it succeeds: the batch stays unacknowledged (not lost) meanwhile."""
     attempt = 0
     while True:
         try:
-            return await asyncio.to_thread(pipeline.process, values, offsets, starts)
+            return await asyncio.to_thread(pipeline.process, values, offsets, starts, partitions)
         except (redis.RedisError, OSError, RtrecError) as exc:
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
             metrics.BATCH_RETRIES.inc()

@@ -1,6 +1,7 @@
 """The frames a worker sends to its pipeline process and gets back (no pickle: JSON + raw bytes).
 
-A request is a header (JSON: offsets, per-message lengths, -1 for a missing value) followed by
+A request is a header (JSON: offsets, per-message lengths, -1 for a missing value, and each
+message's partition) followed by
 the messages' bytes back to back; a result is one JSON object. On the pipe, every frame is a
 4-byte big-endian length and the payload.
 
@@ -26,21 +27,24 @@ MAX_FRAME_BYTES = 256 << 20
 
 
 def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping[int, int]] | None,
-                   starts: Mapping[str, Mapping[int, int]] | None = None) -> bytes:
-    """``starts``: topic -> partition -> offset of the batch's first message (for recovery)."""
+                   starts: Mapping[str, Mapping[int, int]] | None = None,
+                   partitions: Sequence[int] | None = None) -> bytes:
+    """``starts``: topic -> partition -> offset of the batch's first message (for recovery);
+    ``partitions``: each message's partition (None: not known)."""
     lengths = [-1 if v is None else len(v) for v in values]
-    header = json.dumps({"offsets": offsets or {}, "lengths": lengths, "starts": starts or {}}).encode()
+    header = json.dumps({"offsets": offsets or {}, "lengths": lengths, "starts": starts or {},
+                         "partitions": None if partitions is None else [int(p) for p in partitions]}).encode()
     return _LEN.pack(len(header)) + header + b"".join(v for v in values if v is not None)
 
 
 def decode_request(frame: bytes) -> tuple[list[bytes | None], dict[str, dict[int, int]]]:
-    values, offsets, _ = decode_request_with_starts(frame)
+    values, offsets, _, _ = decode_request_with_starts(frame)
     return values, offsets
 
 
 def decode_request_with_starts(frame: bytes) -> tuple[list[bytes | None], dict[str, dict[int, int]],
-                                                        dict[str, dict[int, int]]]:
-    """(values, next offsets, first offsets) of a request frame."""
+                                                        dict[str, dict[int, int]], list[int] | None]:
+    """(values, next offsets, first offsets, partitions) of a request frame."""
     (size,) = _LEN.unpack_from(frame)
     header = json.loads(frame[4:4 + size])
     values: list[bytes | None] = []
@@ -53,7 +57,10 @@ def decode_request_with_starts(frame: bytes) -> tuple[list[bytes | None], dict[s
             pos += length
     offsets = {topic: {int(p): int(o) for p, o in parts.items()} for topic, parts in header["offsets"].items()}
     starts = {topic: {int(p): int(o) for p, o in parts.items()} for topic, parts in header.get("starts", {}).items()}
-    return values, offsets, starts
+    partitions = header.get("partitions")
+    if partitions is not None and len(partitions) != len(values):
+        raise ValueError(f"{len(partitions)} partitions for {len(values)} messages")
+    return values, offsets, starts, None if partitions is None else [int(p) for p in partitions]
 
 
 def encode_result(result: BatchResult) -> bytes:

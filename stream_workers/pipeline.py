@@ -3,11 +3,17 @@
 Plain synchronous code with no Kafka in it, so it is tested without a broker; the Faust app
 (``stream_workers/app.py``) only feeds it batches and ships the dead letters.
 
-The trainer's example batch (with real-time features read as they were before this batch) is
-prepared first; then the Redis write runs in a helper thread while the trainer works: the feature
-script executes inside Redis (another process, another core), so the two overlap instead of
-adding up. If the write fails after training, the batch is retried whole: training is
-at-least-once, feature effects stay exactly-once (event_id idempotency).
+The trainer's example batch (with the point-in-time inputs read before this batch is applied,
+:mod:`rtrec.recipe.training`) is prepared first; then the Redis write runs in a helper thread
+while the trainer works: the feature script executes inside Redis (another process, another
+core), so the two overlap instead of adding up.
+
+A batch that fails (Redis or a parameter-server shard away) is retried by the caller. The joiner
+and the point-in-time reads change state, so they run once per batch: the pipeline keeps the
+batch's examples until the batch succeeds, and a retry of the same batch (same offsets, or the
+same bytes) trains on exactly those examples, skips a training step that already succeeded, and
+re-applies the feature write (idempotent by ``event_id``). A retried batch therefore yields
+exactly the examples of a batch that succeeds at once.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from features.writer import FeatureWriter, WriteResult
 from rtrec.events import Event, action_label
-from stream_workers import metrics
 from rtrec.recipe.joiner import Joiner, LabelledExample
+from rtrec.settings import DEFAULT_MAX_EVENT_AHEAD_S
+from stream_workers import metrics
 from stream_workers.validation import DeadLetter, split_batch
 
 log = logging.getLogger(__name__)
@@ -30,9 +37,21 @@ log = logging.getLogger(__name__)
 class Trainer(Protocol):
     """What the pipeline trains with (:class:`rtrec.recipe.training.TrainingStep`)."""
 
-    def prepare(self, examples: list[LabelledExample], events: list[Event]) -> Any: ...
+    def snapshot(self, events: list[Event]) -> list[Any]: ...
+
+    def prepare(self, examples: list[LabelledExample]) -> Any: ...
 
     def fit(self, batch: Any, offsets: Mapping[str, Mapping[int, int]] | None) -> object: ...
+
+
+@dataclass
+class _Attempt:
+    """A batch's joined examples and training batch, kept until the batch succeeds (retries)."""
+
+    key: object
+    examples: list[LabelledExample]
+    batch: Any
+    trained: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,49 +68,70 @@ class BatchPipeline:
     """Processes consumed message values; ``train`` receives the examples the joiner completed."""
 
     def __init__(self, writer: FeatureWriter, joiner: Joiner, train: Trainer | None = None,
-                 recovery: Any | None = None) -> None:
+                 recovery: Any | None = None, max_event_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S) -> None:
         self.writer = writer
+        self.max_event_ahead_s = max_event_ahead_s  # later events are dead-lettered (RTREC_MAX_EVENT_AHEAD_S)
         self.joiner = joiner
         self.train = train
         self.recovery = recovery  # stream_workers.recovery.Recovery: replays what a restarted shard lost
         self._redis_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer")
+        self._attempt: _Attempt | None = None
 
     def process(self, values: Sequence[bytes | None],
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
-                starts: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult:
+                starts: Mapping[str, Mapping[int, int]] | None = None,
+                partitions: Sequence[int] | None = None) -> BatchResult:
         """Apply a batch; raises only if Redis or training fail (then the batch is not committed).
 
         ``offsets`` (topic → partition → next offset) are what this batch brings the consumer to;
         they travel with the gradient push so parameter-server snapshots record them. ``starts``
         (the batch's first offsets) tell recovery where a replay for a restarted shard ends.
+        ``partitions[n]`` is the Kafka partition of ``values[n]`` (the joiner keeps a watermark per
+        partition); None means one partition.
         """
         start = time.perf_counter()
-        events, dead = split_batch(values)
+        events, event_partitions, dead = _split(values, partitions, self.max_event_ahead_s)
         counts = _count_actions(events)
         for action, n in counts.items():
             metrics.EVENTS_CONSUMED.labels(action).inc(n)
         try:
-            return self._process(values, events, dead, counts, offsets, starts, start)
+            return self._process(values, events, event_partitions, dead, counts, offsets, starts, start)
         except Exception:
             metrics.BATCH_FAILURES.inc()  # the caller logs it and retries the batch
             raise
 
-    def _process(self, values: Sequence[bytes | None], events: list[Event], dead: list[DeadLetter],
-                 counts: Mapping[str, int], offsets: Mapping[str, Mapping[int, int]] | None,
+    def _process(self, values: Sequence[bytes | None], events: list[Event], partitions: list[int],
+                 dead: list[DeadLetter], counts: Mapping[str, int], offsets: Mapping[str, Mapping[int, int]] | None,
                  starts: Mapping[str, Mapping[int, int]] | None, start: float) -> BatchResult:
         replayed = self.recovery.before_batch(offsets, starts) if self.recovery is not None else frozenset()
-        examples = self.joiner.add_many(events)
-        batch = self.train.prepare(examples, events) if self.train is not None else None  # features before this batch
+        attempt = self._join(_batch_key(values, starts), events, partitions)
         writing = self._redis_thread.submit(self.writer.write_many, events)
         try:
-            if batch is not None:
+            if attempt.batch is not None and not attempt.trained:
                 with self.recovery.pushing_to_all_but(replayed) if replayed else nullcontext():
-                    self.train.fit(batch, offsets)  # type: ignore[union-attr]
+                    self.train.fit(attempt.batch, offsets)  # type: ignore[union-attr]
+                attempt.trained = True
         finally:
             written = writing.result()  # re-raises a Redis error: the batch is then retried
-        self._observe(events, counts, dead, examples, time.perf_counter() - start, len(values))
+        self._attempt = None
+        self._observe(events, counts, dead, attempt.examples, time.perf_counter() - start, len(values))
         metrics.JOINER_PENDING.set(self.joiner.pending)
-        return BatchResult(len(events), dead, written, len(examples))
+        return BatchResult(len(events), dead, written, len(attempt.examples))
+
+    def _join(self, key: object, events: list[Event], partitions: list[int]) -> _Attempt:
+        """The batch's examples: joined now, or kept from a failed attempt at the same batch."""
+        if self._attempt is not None and self._attempt.key == key:
+            log.info("retrying a batch of %d events with the examples of its first attempt (trained: %s)",
+                     len(events), self._attempt.trained)
+            return self._attempt
+        if self._attempt is not None:
+            log.warning("a failed batch was not retried (another batch came instead): its %d examples are dropped",
+                        len(self._attempt.examples))
+        inputs = self.train.snapshot(events) if self.train is not None else None  # before the batch is applied
+        examples = self.joiner.add_many(events, partitions, inputs)
+        batch = self.train.prepare(examples) if self.train is not None else None
+        self._attempt = _Attempt(key, examples, batch)
+        return self._attempt
 
     @staticmethod
     def _observe(events: list[Event], counts: Mapping[str, int], dead: list[DeadLetter],
@@ -100,9 +140,9 @@ class BatchPipeline:
             metrics.EVENTS_PROCESSED.labels(action).inc(n)
         for letter in dead:  # dead letters are rare: a second look at each is cheap
             metrics.EVENTS_DEAD_LETTERED.labels(metrics.dead_letter_action(letter.raw)).inc()
-        positives = sum(1 for x in examples if x.label > 0)
-        metrics.EXAMPLES.labels("positive").inc(positives)
-        metrics.EXAMPLES.labels("negative").inc(len(examples) - positives)
+        negatives = sum(1 for x in examples if x.kind == "negative")
+        metrics.EXAMPLES.labels("positive").inc(len(examples) - negatives)
+        metrics.EXAMPLES.labels("negative").inc(negatives)
         metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_SECONDS.observe(seconds)
         if events:
@@ -116,3 +156,31 @@ def _count_actions(events: Sequence[Event]) -> dict[str, int]:
         label = action_label(e.action)
         counts[label] = counts.get(label, 0) + 1
     return counts
+
+
+def _split(values: Sequence[bytes | None], partitions: Sequence[int] | None,
+           max_ahead_s: float) -> tuple[list[Event], list[int], list[DeadLetter]]:
+    """Valid events with their partitions, and dead letters; events keep their order per partition."""
+    now = time.time()  # the worker's clock, once per batch
+    if partitions is None:
+        events, dead = split_batch(values, now, max_ahead_s)
+        return events, [0] * len(events), dead
+    if len(partitions) != len(values):
+        raise ValueError(f"{len(partitions)} partitions for {len(values)} messages")
+    by_partition: dict[int, list[bytes | None]] = {}
+    for value, partition in zip(values, partitions):
+        by_partition.setdefault(int(partition), []).append(value)
+    events, event_partitions, dead = [], [], []
+    for partition, part in by_partition.items():
+        valid, invalid = split_batch(part, now, max_ahead_s)
+        events += valid
+        event_partitions += [partition] * len(valid)
+        dead += invalid
+    return events, event_partitions, dead
+
+
+def _batch_key(values: Sequence[bytes | None], starts: Mapping[str, Mapping[int, int]] | None) -> object:
+    """What identifies a batch across retries: its first offsets, else its bytes."""
+    if starts:
+        return tuple(sorted((t, p, o) for t, parts in starts.items() for p, o in parts.items()))
+    return hash(tuple(values))

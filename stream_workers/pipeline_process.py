@@ -49,14 +49,15 @@ class PipelineProcess:
 
     def process(self, values: Sequence[bytes | None],
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
-                starts: Mapping[str, Mapping[int, int]] | None = None) -> BatchResult:
+                starts: Mapping[str, Mapping[int, int]] | None = None,
+                partitions: Sequence[int] | None = None) -> BatchResult:
         """Send one batch and wait for its result (the GIL is free while waiting)."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
             assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
             try:
-                write_frame(self._proc.stdin, encode_request(values, offsets, starts))
+                write_frame(self._proc.stdin, encode_request(values, offsets, starts, partitions))
                 result = decode_result(read_frame(self._proc.stdout))
             except (EOFError, BrokenPipeError, ValueError) as exc:
                 log.error("pipeline process failed (%r); restarting it", exc)
@@ -124,11 +125,11 @@ def child_main() -> int:
     frames_in = sys.stdin.buffer
     while True:
         try:
-            values, offsets, starts = decode_request_with_starts(read_frame(frames_in))
+            values, offsets, starts, partitions = decode_request_with_starts(read_frame(frames_in))
         except EOFError:
             return 0
         try:
-            reply = encode_result(pipeline.process(values, offsets, starts))
+            reply = encode_result(pipeline.process(values, offsets, starts, partitions))
         except Exception as exc:  # noqa: BLE001 -- reported to the parent, which retries the batch
             log.exception("batch of %d failed", len(values))
             reply = encode_error(f"{type(exc).__name__}: {exc}")

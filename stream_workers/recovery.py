@@ -199,8 +199,7 @@ class Recovery:
             return
         ranges = {tp: (max(0, s - self.prime_events), s) for tp, s in starts.items()}
         events = _events(self.reader.read(ranges))
-        self.joiner.add_many(events)
-        self.step.recent.add_many(events)
+        self.joiner.add_many(events, None, self.step.snapshot(events))
         log.info("primed the joiner with %d events before the first batch; %d impressions pending",
                  len(events), self.joiner.pending)
 
@@ -225,14 +224,13 @@ class Recovery:
                         positive_only_actions=self.joiner.positive_only_actions)
         step = TrainingStep(self.step.trainer, self.step.negatives_per_positive, sampler=self.step.sampler,
                             reader=self.step.reader)
-        joiner.add_many(prime)  # the snapshot holds what these completed
-        step.recent.add_many(prime)
+        joiner.add_many(prime, None, step.snapshot(prime))  # the snapshot holds what these completed
         trained = 0
         progress = {tp: lo for tp, (lo, _) in train_ranges.items()}
         with self.pushing_to_all_but(frozenset(range(len(shards_of(self.params)))) - restored):
             for chunk in range(0, len(events), REPLAY_BATCH):
                 part = events[chunk:chunk + REPLAY_BATCH]
-                batch = step.prepare(joiner.add_many(part), part)
+                batch = step.prepare(joiner.add_many(part, None, step.snapshot(part)))
                 if batch is not None:
                     step.fit(batch, _offsets_after(progress, train_ranges, chunk + len(part), len(events)))
                     trained += len(batch)

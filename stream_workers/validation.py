@@ -1,12 +1,20 @@
-"""Validation of a consumed batch: events to process, and dead letters with their reasons."""
+"""Validation of a consumed batch: events to process, and dead letters with their reasons.
+
+Besides the schema (:func:`rtrec.events.parse_event`), event time is bounded on the future side:
+an event stamped more than ``max_ahead_s`` after the worker's clock would push the feature
+store's watermark, the joiner's and the parameter server's expiry clock ahead for good, so it is
+dead-lettered before it reaches any of them.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from rtrec.events import Event, Invalid, parse_event
+from rtrec.events import Event, Invalid, future_ts_reason, parse_event
+from rtrec.settings import DEFAULT_MAX_EVENT_AHEAD_S
 
 
 @dataclass(frozen=True)
@@ -22,13 +30,20 @@ class DeadLetter:
         return json.dumps({"reason": self.reason, "raw": text}, ensure_ascii=False).encode()
 
 
-def split_batch(values: Sequence[bytes | None]) -> tuple[list[Event], list[DeadLetter]]:
+def split_batch(values: Sequence[bytes | None], now: float | None = None,
+                max_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S) -> tuple[list[Event], list[DeadLetter]]:
     """Parse every message of a batch; never raises (a message value may even be missing).
+
+    ``now`` is the worker's clock (default: the wall clock, read once per batch); events with a
+    ``ts`` more than ``max_ahead_s`` after it are dead-lettered (``RTREC_MAX_EVENT_AHEAD_S``).
 
     >>> events, dead = split_batch([b'{"event_id":"e","user_id":"u","item_id":"i","action":"click","ts":5}', b"x"])
     >>> len(events), dead[0].reason[:8]
     (1, 'not JSON')
+    >>> split_batch([b'{"event_id":"e","user_id":"u","item_id":"i","action":"click","ts":9000}'], now=1000)[1][0].reason
+    'ts 9000 is 8000 s ahead of the worker clock (bound 3600 s)'
     """
+    now = time.time() if now is None else now
     events: list[Event] = []
     dead: list[DeadLetter] = []
     for value in values:  # per-message parse: JSON decoding is inherently per message
@@ -36,6 +51,8 @@ def split_batch(values: Sequence[bytes | None]) -> tuple[list[Event], list[DeadL
             dead.append(DeadLetter("empty message (no value)", b""))
             continue
         result = parse_event(value)
+        if not isinstance(result, Invalid) and (reason := future_ts_reason(result.ts, now, max_ahead_s)):
+            result = Invalid(reason)
         if isinstance(result, Invalid):
             dead.append(DeadLetter(result.reason, bytes(value)))
         else:

@@ -10,9 +10,9 @@ lists, an unknown category -- are ``""`` (or a negative integer) and come back w
 Labels are ``(B, heads)`` floats; ``NaN`` means "unknown for this head" and is left out of that
 head's loss (e.g. the joiner labels clicks only, so like/share are unknown on its examples).
 
-``log_q`` (optional, per row) is the log of how often the row's item is expected among a batch's
-candidates, up to a constant shared by the batch; the trainer uses it for the log-Q correction of
-its in-batch softmax and estimates it itself when absent (see ``rtrec.recipe.negatives``).
+``sample_p`` (optional, per row) is the chance that one draw of the batch's negative sampler gives
+the row's item; the trainer needs it for the log-Q correction of its softmax when a batch holds
+sampled negatives (see ``rtrec.recipe.trainer`` and ``rtrec.recipe.negatives``).
 
 >>> from rtrec.events import Event
 >>> imp = Event("e1", "u1", "i9", "impression", 10.0, request_id="r", context={"device": "ios"},
@@ -36,11 +36,14 @@ import numpy as np
 from features.ids import distinct, feature_ids, slot_of  # noqa: F401  (slot_of: used in the doctest)
 from param_server.config import DEFAULT_TABLES, EmbeddingConfig
 from rtrec.events import Event
+from rtrec.recipe.joiner import LabelledExample
 
-__all__ = ["ExampleBatch", "FeatureIdBatch", "ModelSlots", "RecentItems", "DEFAULT_HEADS",
-           "pad_strings", "context_strings", "slot_ids"]
+__all__ = ["ExampleBatch", "FeatureIdBatch", "ModelSlots", "RecentItems", "DEFAULT_HEADS", "RECENT_FOR_TOWER",
+           "pad_strings", "context_strings", "slot_ids", "labels_of"]
 
 DEFAULT_HEADS: tuple[str, ...] = ("click", "like", "share")
+#: The user's most recent items the user tower reads, in training and in serving alike.
+RECENT_FOR_TOWER = 20
 #: Labels of a head come from these actions (head "click" is any engagement with the item).
 HEAD_ACTIONS: dict[str, frozenset[str]] = {
     "click": frozenset({"click", "like", "share", "purchase", "rating"}),
@@ -110,7 +113,7 @@ class ExampleBatch:
         ts: ``float64 (B,)`` event times.
         heads: names of the label columns.
         dense: ``float32 (B, F)`` real-time features, or None (the trainer uses zeros).
-        log_q: ``float32 (B,)`` log candidate frequency of each row's item, or None.
+        sample_p: ``float32 (B,)`` the negative sampler's probability of each row's item, or None.
         sampled: ``bool (B,)``, True for rows drawn by a negative sampler (never softmax positives).
     """
 
@@ -124,7 +127,7 @@ class ExampleBatch:
     ts: np.ndarray
     heads: tuple[str, ...] = DEFAULT_HEADS
     dense: np.ndarray | None = None
-    log_q: np.ndarray | None = None
+    sample_p: np.ndarray | None = None
     sampled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -139,7 +142,7 @@ class ExampleBatch:
                 raise ValueError(f"{name} must be ({n}, width), got {np.shape(getattr(self, name))}")
         if self.dense is not None and (np.ndim(self.dense) != 2 or len(self.dense) != n):
             raise ValueError(f"dense must be ({n}, F), got {np.shape(self.dense)}")
-        for name in ("log_q", "sampled"):
+        for name in ("sample_p", "sampled"):
             if getattr(self, name) is not None and np.shape(getattr(self, name)) != (n,):
                 raise ValueError(f"{name} must have shape ({n},), got {np.shape(getattr(self, name))}")
 
@@ -167,7 +170,7 @@ class ExampleBatch:
             else:
                 actions = set(label)  # type: ignore[call-overload]
                 labels[row] = [float(bool(actions & HEAD_ACTIONS.get(h, frozenset({h})))) for h in heads]
-        return cls._from_events(events, labels, recent, heads, dense)
+        return cls.from_events(events, labels, recent, heads, dense)
 
     @classmethod
     def from_positives(cls, events: Sequence[Event], recent: Sequence[Sequence[str]] | None = None,
@@ -188,7 +191,7 @@ class ExampleBatch:
         labels[:, 0] = positive
         for h, head in enumerate(heads[1:], start=1):
             labels[action == head, h] = 1.0
-        return cls._from_events(events, labels, recent, heads, dense)
+        return cls.from_events(events, labels, recent, heads, dense)
 
     @classmethod
     def for_scoring(cls, users: Sequence[object], items: Sequence[object],
@@ -210,9 +213,10 @@ class ExampleBatch:
             dense=None if dense is None else np.asarray(dense, dtype=np.float32))
 
     @classmethod
-    def _from_events(cls, events: Sequence[Event], labels: np.ndarray,
-                     recent: Sequence[Sequence[str]] | None, heads: tuple[str, ...],
-                     dense: np.ndarray | None) -> "ExampleBatch":
+    def from_events(cls, events: Sequence[Event], labels: np.ndarray,
+                    recent: Sequence[Sequence[str]] | None = None, heads: tuple[str, ...] = DEFAULT_HEADS,
+                    dense: np.ndarray | None = None) -> "ExampleBatch":
+        """Examples of ``events`` with the given ``labels`` ``(B, heads)`` (NaN = unknown)."""
         if recent is not None and len(recent) != len(events):
             raise ValueError(f"recent must have one list per event, got {len(recent)} for {len(events)}")
         # Per event: Event objects hold Python values; this is the one loop that builds the arrays.
@@ -249,7 +253,7 @@ class ExampleBatch:
         return replace(self, users=self.users[rows], items=self.items[rows],
                        categories=self.categories[rows], context=self.context[rows],
                        recent=self.recent[rows], labels=self.labels[rows], weights=self.weights[rows],
-                       ts=self.ts[rows], dense=pick(self.dense), log_q=pick(self.log_q),
+                       ts=self.ts[rows], dense=pick(self.dense), sample_p=pick(self.sample_p),
                        sampled=pick(self.sampled))
 
     @classmethod
@@ -278,7 +282,7 @@ class ExampleBatch:
             labels=np.concatenate([b.labels for b in batches]),
             weights=np.concatenate([b.weights for b in batches]),
             ts=np.concatenate([b.ts for b in batches]), heads=heads,
-            dense=optional("dense", 0.0), log_q=optional("log_q", np.nan),
+            dense=optional("dense", 0.0), sample_p=optional("sample_p", 0.0),
             sampled=optional("sampled", False))
 
 
@@ -296,7 +300,7 @@ class RecentItems:
     [['c', 'b'], []]
     """
 
-    def __init__(self, size: int = 20, max_users: int = 1_000_000,
+    def __init__(self, size: int = RECENT_FOR_TOWER, max_users: int = 1_000_000,
                  actions: frozenset[str] = HEAD_ACTIONS["click"]) -> None:
         if size < 1 or max_users < 1:
             raise ValueError("size and max_users must be >= 1")
@@ -321,6 +325,33 @@ class RecentItems:
         """Most recent first, per user; ``[]`` for unknown users."""
         empty: deque[str] = deque()
         return [list(self._items.get(u, empty)) for u in users]
+
+
+def labels_of(examples: Sequence[LabelledExample], heads: tuple[str, ...] = DEFAULT_HEADS) -> np.ndarray:
+    """``float32 (B, heads)`` labels of the joiner's examples; NaN where a head is not this example's.
+
+    A ``click`` example labels the click head only; the ``final`` one every other head from the
+    actions seen in the window (the click was trained already); a ``negative`` every head 0; a
+    positive-only action the click head and the head named by its action.
+
+    >>> from rtrec.recipe.joiner import LabelledExample
+    >>> e = Event("1", "u", "i", "impression", 1.0)
+    >>> labels_of([LabelledExample(e, 1.0, True, "click"), LabelledExample(e, 1.0, True, "final", frozenset({"like"})),
+    ...            LabelledExample(e, 0.0, True, "negative")]).tolist()
+    [[1.0, nan, nan], [nan, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    labels = np.full((len(examples), len(heads)), np.nan, dtype=np.float32)
+    for row, x in enumerate(examples):  # per example: a few set lookups
+        if x.kind == "negative":
+            labels[row] = 0.0
+        elif x.kind == "final":
+            labels[row, 1:] = [float(bool(x.actions & HEAD_ACTIONS.get(h, frozenset({h})))) for h in heads[1:]]
+        elif x.kind == "click":
+            labels[row, 0] = x.label
+        else:  # positive-only: the click head and the head of the action itself
+            labels[row, 0] = 1.0
+            labels[row, 1:] = [1.0 if x.event.action == h else np.nan for h in heads[1:]]
+    return labels
 
 
 def slot_ids(slot: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

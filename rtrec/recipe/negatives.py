@@ -15,9 +15,10 @@ counts (half-life in batches), so it follows drift:
 * :class:`NegativeSampler` -- counts over a vocabulary of raw item IDs (with their categories), so
   it can also *draw* items: ``P(j) = c_j**alpha / sum_k c_k**alpha``.
 * :func:`add_sampled_negatives` -- for positive-only streams: ``k`` sampled negatives per
-  positive, and every row's ``log_q = log(n_stream * f_j + n_sampled * P(j))``, the log of the
-  expected number of times item ``j`` is in the batch (``f_j = c_j / sum c``), which is the
-  ``Q_j`` of the correction up to a constant that cancels in the softmax.
+  positive, and every row's ``sample_p = P(j)``. The trainer turns that into one ``Q_j`` on one
+  scale for every candidate of its softmax, whatever mix of stream rows and sampled rows a batch
+  holds: ``Q_j = n_stream * f_j + n_sampled * P(j)``, the expected number of times item ``j`` is in
+  the batch, with ``f_j`` from the trainer's own :class:`ItemFrequency`.
 
 >>> sampler = NegativeSampler(alpha=1.0, seed=0)
 >>> _ = sampler.observe_many(np.array(["a", "a", "a", "b"]), np.array(["x", "x", "x", "y"]))
@@ -165,7 +166,7 @@ class NegativeSampler:
 
 def add_sampled_negatives(batch: ExampleBatch, sampler: NegativeSampler, k: int = 4,
                           observe: bool = True) -> ExampleBatch:
-    """The batch plus ``k`` sampled negatives per positive row, with ``log_q`` on every row.
+    """The batch plus ``k`` sampled negatives per positive row, with ``sample_p`` on every row.
 
     A negative copies its positive's user, context, recent items and time, takes a sampled item
     (and its category), has every label 0 and ``sampled = True``; a draw that hits the
@@ -190,9 +191,8 @@ def add_sampled_negatives(batch: ExampleBatch, sampler: NegativeSampler, k: int 
         categories=sampler.categories_of(neg_index) if rows.size else negatives.categories.astype(str),
         labels=np.zeros_like(negatives.labels),
         weights=np.where(neg_index == stream_index[rows], 0.0, 1.0).astype(np.float32),
-        sampled=np.ones(rows.size, dtype=bool), log_q=None)
-    stream = replace(batch, items=batch.items.astype(str), sampled=stream_sampled, log_q=None)
+        sampled=np.ones(rows.size, dtype=bool), sample_p=None)
+    stream = replace(batch, items=batch.items.astype(str), sampled=stream_sampled, sample_p=None)
     out = ExampleBatch.concat([stream, negatives])
     index = np.concatenate([stream_index, neg_index])
-    expected = len(batch) * sampler.frequency(index) + rows.size * sampler.probability(index)
-    return replace(out, log_q=np.log(np.maximum(expected, 1e-30)).astype(np.float32))
+    return replace(out, sample_p=sampler.probability(index).astype(np.float32))

@@ -12,8 +12,12 @@
        CE_i = -log softmax_j( <u_i, v_j> / tau - log Q_j )[item_i]
 
    ``m_ih`` masks unknown labels (NaN); ``P`` are the click-positive, non-sampled rows; ``j``
-   runs over the batch's distinct items (in-batch negatives), ``log Q_j`` is their log candidate
-   frequency (``batch.log_q`` or the trainer's :class:`~rtrec.recipe.negatives.ItemFrequency`);
+   runs over the batch's distinct items (in-batch negatives) and ``Q_j`` is how many times item
+   ``j`` is expected among the batch's rows, one scale for every batch:
+   ``Q_j = n_stream f_j + n_sampled P_j`` with ``f_j`` the item's share of recent stream rows
+   (the trainer's :class:`~rtrec.recipe.negatives.ItemFrequency`, counted on every batch's
+   non-sampled rows) and ``P_j`` the negative sampler's draw probability (``batch.sample_p``;
+   0 where the batch sampled no negatives);
 4. backward; ONE ``push_many(unique IDs, dL/dE)`` -- the per-example-sum gradient, as plain
    SGD on each example would see it; the server applies its per-slot optimizer;
 5. the dense weights take a local Adam step on ``L / sum_i w_i``.
@@ -381,18 +385,26 @@ class OnlineTrainer(Scorer):
                         items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``sum_{i in P} w_i CE_i`` of the in-batch softmax with log-Q correction (module doc)."""
         sampled = batch.sampled if batch.sampled is not None else np.zeros(len(batch), dtype=bool)
-        if batch.log_q is None:
-            self.frequency.update_many(item_ids[~sampled])
+        self.frequency.update_many(item_ids[~sampled])
         positive = np.flatnonzero((np.nan_to_num(batch.labels[:, 0]) > 0) & ~sampled & (batch.weights > 0))
         candidates, first, candidate_of_row = np.unique(item_ids, return_index=True, return_inverse=True)
         if self.config.retrieval_weight == 0 or positive.size == 0 or candidates.size < 2:
             return users.new_zeros(())
-        log_q = batch.log_q[first] if batch.log_q is not None else None
-        if log_q is None or np.isnan(log_q).any():
-            estimate = self.frequency.log_q(candidates)
-            log_q = estimate if log_q is None else np.where(np.isnan(log_q), estimate, log_q)
+        sample_p = None
+        if batch.sample_p is not None:  # an item's P_j is known on the rows the sampler saw it on
+            sample_p = np.zeros(candidates.size, dtype=np.float64)
+            np.maximum.at(sample_p, candidate_of_row, np.nan_to_num(batch.sample_p.astype(np.float64)))
+        log_q = self._log_q(candidates, sample_p, int((~sampled).sum()), int(sampled.sum()))
         pos = torch.from_numpy(positive)
         logits = self.model.retrieval_logits(users[pos], items[torch.from_numpy(first)])
-        logits = logits - torch.from_numpy(log_q.astype(np.float32))[None, :]
+        logits = logits - torch.from_numpy(log_q)[None, :]
         ce = F.cross_entropy(logits, torch.from_numpy(candidate_of_row[positive]), reduction="none")
         return (ce * weights[pos]).sum()
+
+    def _log_q(self, candidates: np.ndarray, sample_p: np.ndarray | None, n_stream: int,
+               n_sampled: int) -> np.ndarray:
+        """``log Q_j = log(n_stream f_j + n_sampled P_j)`` of each candidate (module docstring)."""
+        expected = n_stream * np.exp(self.frequency.log_q(candidates).astype(np.float64))
+        if sample_p is not None and n_sampled:
+            expected = expected + n_sampled * sample_p
+        return np.log(np.maximum(expected, 1e-30)).astype(np.float32)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from features.ids import feature_ids
 from param_server.config import DEFAULT_TABLES
 from param_server.optimizers import Adagrad
 from param_server.store import ParamStore
@@ -186,7 +187,7 @@ def _positives(n: int) -> list[Event]:
                   item={"category": f"c{k % 2}"}) for k in range(n)]
 
 
-def test_sampled_negatives_come_with_log_q_and_never_as_softmax_positives() -> None:
+def test_sampled_negatives_come_with_their_draw_probability_and_never_as_softmax_positives() -> None:
     sampler = NegativeSampler(alpha=0.75, seed=0)
     batch = add_sampled_negatives(ExampleBatch.from_positives(_positives(40)), sampler, k=3)
     stream, negatives = slice(0, 40), slice(40, None)
@@ -195,12 +196,31 @@ def test_sampled_negatives_come_with_log_q_and_never_as_softmax_positives() -> N
     assert (batch.labels[negatives] == 0).all() and (batch.labels[stream, 0] == 1).all()
     hits = batch.items[negatives] == np.repeat(batch.items[stream], 3)
     assert (batch.weights[negatives][hits] == 0).all() and (batch.weights[negatives][~hits] == 1).all()
-    assert np.isfinite(batch.log_q).all()
-    # The same item has the same log Q wherever it is in the batch.
+    assert np.isfinite(batch.sample_p).all() and (batch.sample_p > 0).all()
+    # The same item has the same draw probability wherever it is in the batch.
     for item in np.unique(batch.items):
-        assert np.unique(batch.log_q[batch.items == item]).size == 1
+        assert np.unique(batch.sample_p[batch.items == item]).size == 1
     stats = OnlineTrainer(ParamStore()).train_many(batch)
     assert stats.retrieval_loss > 0 and np.isfinite(stats.loss)
+
+
+def test_log_q_has_one_scale_whatever_mix_of_stream_and_sampled_rows_a_batch_holds() -> None:
+    """Q_j = n_stream f_j + n_sampled P_j for every candidate, and every batch counts in f."""
+    trainer = OnlineTrainer(ParamStore())
+    impressions = ExampleBatch.from_impressions([(Event(str(k), f"u{k}", f"i{k % 4}", "impression", 1.0), 1.0)
+                                                 for k in range(8)])
+    trainer.train_many(impressions)
+    positives = add_sampled_negatives(ExampleBatch.from_positives(_positives(8)), NegativeSampler(seed=0), k=2)
+    trainer.train_many(positives)
+    assert trainer.frequency.step == 2  # a batch with sampled negatives still counts in f
+    items = trainer.slots.item
+    candidates = feature_ids(items, np.array(["i0", "i1"]))
+    f = np.exp(trainer.frequency.log_q(candidates).astype(np.float64))
+    p = np.array([0.25, 0.5])
+    got = trainer._log_q(candidates, p, n_stream=8, n_sampled=16)
+    assert np.exp(got) == pytest.approx(8 * f + 16 * p, rel=1e-5)
+    # without sampled rows the same candidates are on the same scale: expected counts, not shares
+    assert np.exp(trainer._log_q(candidates, None, 8, 0)) == pytest.approx(8 * f, rel=1e-5)
 
 
 def test_negative_sampler_follows_decayed_frequencies() -> None:
