@@ -70,3 +70,23 @@ class EvalBatch:
         rows, items = self.histories()
         mask[rows, items] = False
         return mask
+
+
+def micro_batches(ts: np.ndarray, within_s: float, max_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of the worker's micro-batches over events in time order.
+
+    A worker consuming the stream live takes what arrives within ``within_s`` of the first event
+    of a batch, at most ``max_size`` events (``worker_batch_within_s``, ``worker_batch_size``);
+    replayed at its own pace, a log arrives by event time, so the cut is made on event time.
+
+    >>> micro_batches(np.array([0., 0.1, 0.2, 0.5, 0.6, 0.6, 0.6]), 0.2, 2)
+    [(0, 2), (2, 3), (3, 5), (5, 7)]
+    """
+    bounds: list[tuple[int, int]] = []
+    start, n = 0, int(np.size(ts))
+    while start < n:  # one step per batch; the search inside is vectorised
+        end = int(np.searchsorted(ts, ts[start] + within_s, side="right"))
+        end = min(max(end, start + 1), start + max_size, n)
+        bounds.append((start, end))
+        start = end
+    return bounds

@@ -1,7 +1,9 @@
-"""Configuration of an evaluation run and of the model variant, as typed dataclasses.
+"""Configuration of an evaluation run, as a typed dataclass.
 
-Kept apart from the code that runs them so the command line can read the defaults without
-importing torch.
+Kept apart from the code that runs it so the command line can read the defaults without
+importing torch. The deployed system's own knobs (micro-batching, join window, sync interval,
+model, trainer, ranking) are NOT here: ``rtrec eval`` takes them from :mod:`rtrec.settings` and the
+recipe's defaults, as the worker and serving do.
 
 >>> EvalConfig(variants=("model", "bogus"))
 Traceback (most recent call last):
@@ -11,47 +13,15 @@ ValueError: unknown variants ['bogus']; known: ('model', 'batch', 'hashed', 'pop
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-__all__ = ["VARIANTS", "TowerConfig", "EvalConfig"]
+__all__ = ["VARIANTS", "SERVED_VARIANTS", "EvalConfig"]
 
 VARIANTS = ("model", "batch", "hashed", "popularity", "trending", "cooccurrence")
-
-
-@dataclass(frozen=True)
-class TowerConfig:
-    """Hyperparameters of the model variant (chosen on the first 30 % of ml-100k, see README).
-
-    Attributes:
-        dim: floats per sparse row.
-        tower_dim, tower_hidden, temperature: the towers (see :class:`rtrec.recipe.model.ModelConfig`).
-        sparse_lr, init_scale: Adagrad learning rate and initial range of the sparse rows.
-        dense_lr: Adam learning rate of the tower weights.
-        steps: gradient steps per batch.
-        popularity_half_life_s: half-life of the real-time popularity feature.
-        production_admission: keep the production admission/expiry of each slot (else admit at once,
-            never expire).
-        recent_len: the user's last items averaged in the user tower.
-        last_item_as_context: also feed the latest item as the tower's context field.
-        replay_batches: extra steps per batch on past events drawn uniformly (experience replay).
-        replay_window: the replayed events come from this many latest events (0 = all the past).
-    """
-
-    dim: int = 32
-    tower_dim: int = 32
-    tower_hidden: int = 64
-    temperature: float = 0.05
-    sparse_lr: float = 0.05
-    init_scale: float = 0.05
-    dense_lr: float = 1e-3
-    steps: int = 2
-    popularity_half_life_s: float = 7 * 86_400.0
-    production_admission: bool = True
-    recent_len: int = 5
-    last_item_as_context: bool = False
-    replay_batches: int = 2
-    replay_window: int = 0
-
+#: Variants answered by a serving instance over a trained parameter store (the rest are baselines).
+SERVED_VARIANTS = ("model", "batch", "hashed")
+#: List length asked from serving and cut-off of every metric.
+K = 10
 
 
 @dataclass(frozen=True)
@@ -59,31 +29,38 @@ class EvalConfig:
     """How the evaluation runs.
 
     Attributes:
-        warmup: share of the stream learned from but not evaluated.
-        until: share of the stream processed at all (< 1 for tuning on a prefix).
-        batch_size: most events per batch (ranked together, then learned together).
-        refresh_s: event seconds between weight refreshes of the ``batch`` variant.
-        hash_buckets: buckets per slot of the ``hashed`` variant.
+        warmup: share of the positive events learned from but not evaluated.
+        until: share of the positive events processed at all (< 1 for quick runs on a prefix).
+        rate: replay pace in events per second (default 200, ``benchmarks.live_quality``'s), or
+            None: events arrive at their own event time. The worker's micro-batches, the serving
+            syncs and the ``batch`` refreshes all run on this arrival clock; events keep their own
+            ``ts`` (features, windows and expiry use it). At event time a sparse log (ml-100k: one
+            rating per ~3 minutes) gives ~one event per micro-batch (49,282 training steps for
+            ml-100k, about an hour here); at 200/s a micro-batch holds ~40 events.
+        sync_every_s: arrival seconds between serving syncs of ``model`` and ``hashed``
+            (None: ``settings.sync_interval_s``, as live).
+        batch_refresh_s: the ``batch`` variant's serving syncs only when arrival time crosses a
+            multiple of this (an hour: periodic retraining served hourly, CONTRACT.md).
+        hash_buckets: rows per slot of the ``hashed`` variant's parameter store.
         trending_half_life_s: half-life of the ``trending`` baseline.
         cooccurrence_query: the user's last items the ``cooccurrence`` baseline sums over.
         cooccurrence_window: pairs counted within this many of a user's actions (None = all).
         period_s: width of the periods of the over-time metrics.
         variants: which variants to run.
-        towers: the model's hyperparameters.
-        seed: seeds initial weights and tie-breaking.
+        seed: seeds the trainer's initial weights and negative sampling, and tie-breaking of baselines.
     """
 
     warmup: float = 0.1
     until: float = 1.0
-    batch_size: int = 32
-    refresh_s: float = 86_400.0
-    hash_buckets: int = 1000
+    rate: float | None = 200.0
+    sync_every_s: float | None = None
+    batch_refresh_s: float = 3600.0
+    hash_buckets: int = 10_000
     trending_half_life_s: float = 7 * 86_400.0
     cooccurrence_query: int = 5
     cooccurrence_window: int | None = 10
     period_s: float = 7 * 86_400.0
     variants: tuple[str, ...] = VARIANTS
-    towers: TowerConfig = field(default_factory=TowerConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -92,5 +69,9 @@ class EvalConfig:
             raise ValueError(f"unknown variants {sorted(unknown)}; known: {VARIANTS}")
         if not 0.0 <= self.warmup < self.until <= 1.0:
             raise ValueError(f"need 0 <= warmup < until <= 1, got {self.warmup}, {self.until}")
-        if self.batch_size < 1 or self.hash_buckets < 1:
-            raise ValueError("batch_size and hash_buckets must be >= 1")
+        if self.hash_buckets < 1 or self.batch_refresh_s <= 0:
+            raise ValueError("hash_buckets must be >= 1 and batch_refresh_s > 0")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError(f"rate must be > 0 events/s (or None: event time), got {self.rate}")
+        if self.sync_every_s is not None and self.sync_every_s <= 0:
+            raise ValueError(f"sync_every_s must be > 0, got {self.sync_every_s}")

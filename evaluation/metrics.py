@@ -4,20 +4,24 @@ With ``r`` the 1-based rank of the target among the candidates (``inf`` when it 
 
     HR@k   = [r <= k]                    (= Recall@k with one relevant item)
     NDCG@k = [r <= k] / log2(r + 1)      (the ideal DCG of one relevant item is 1)
-    RR     = 1 / r                       (MRR is its mean)
+    RR@k   = [r <= k] / r                (the ``mrr`` of a report is its mean: MRR@10)
+
+The reciprocal rank is cut at ``k`` too, because serving returns only its top ``k``: a rank
+beyond it is unknown for the served variants, so it counts 0 for every variant alike.
 
 >>> r = np.array([1, 3, 11, np.inf])
->>> hit_rate(r, 10).tolist(), ndcg(r, 10).round(3).tolist(), reciprocal_rank(r).round(3).tolist()
-([1.0, 1.0, 0.0, 0.0], [1.0, 0.5, 0.0, 0.0], [1.0, 0.333, 0.091, 0.0])
+>>> hit_rate(r, 10).tolist(), ndcg(r, 10).round(3).tolist(), reciprocal_rank(r, 10).round(3).tolist()
+([1.0, 1.0, 0.0, 0.0], [1.0, 0.5, 0.0, 0.0], [1.0, 0.333, 0.0, 0.0])
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
-__all__ = ["hit_rate", "ndcg", "reciprocal_rank", "target_ranks", "MetricLog", "METRIC_NAMES"]
+__all__ = ["hit_rate", "ndcg", "reciprocal_rank", "target_ranks", "list_ranks", "MetricLog", "METRIC_NAMES"]
 
 METRIC_NAMES = ("hr@10", "ndcg@10", "mrr")
 
@@ -36,9 +40,10 @@ def ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
     return out
 
 
-def reciprocal_rank(ranks: np.ndarray) -> np.ndarray:
-    """``1 / r`` per event (0 for a target that was not a candidate)."""
-    return 1.0 / np.asarray(ranks, dtype=np.float64)
+def reciprocal_rank(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """``[r <= k] / r`` per event (0 beyond ``k`` and for a target that was not a candidate)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / ranks, 0.0)
 
 
 def target_ranks(scores: np.ndarray, targets: np.ndarray, candidates: np.ndarray,
@@ -61,6 +66,19 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, candidates: np.ndarray
     above = (scores > own) | ((scores == own) & (tiebreak[None, :] > tiebreak[targets][:, None]))
     ranks = 1.0 + (above & candidates).sum(axis=1)
     return np.where(candidates[rows, targets], ranks, np.inf)
+
+
+def list_ranks(lists: Sequence[Sequence[str]], targets: Sequence[str]) -> np.ndarray:
+    """1-based position of each target in its served list; ``inf`` when the list lacks it.
+
+    >>> list_ranks([["a", "b"], ["c"]], ["b", "x"]).tolist()
+    [2.0, inf]
+    """
+    out = np.full(len(targets), np.inf)
+    for row, (names, target) in enumerate(zip(lists, targets)):  # lists of k: a short scan each
+        if target in names:
+            out[row] = list(names).index(target) + 1
+    return out
 
 
 @dataclass

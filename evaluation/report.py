@@ -21,9 +21,13 @@ __all__ = ["summary_line", "write_report"]
 
 
 def summary_line(dataset: str, result: EvalResult) -> dict:
-    """The last stdout line: dataset, event count, and each variant's overall metrics."""
-    return {"dataset": dataset, "events": result.events, **result.summary(),
-            "evaluated": result.evaluated, "seconds": round(result.seconds, 1)}
+    """The last stdout line: dataset, event count, each variant's overall metrics (and, on streams
+    with impressions, the ranking head's prequential click AUC and log loss)."""
+    out = {"dataset": dataset, "events": result.events, **result.summary(), "evaluated": result.evaluated,
+           "batches": result.batches, "seconds": round(result.seconds, 1)}
+    if result.labelled is not None:
+        out["ranking_head"] = result.labelled.summary()
+    return out
 
 
 def write_report(out: Path, dataset: str, result: EvalResult, config: EvalConfig) -> list[Path]:
@@ -33,6 +37,7 @@ def write_report(out: Path, dataset: str, result: EvalResult, config: EvalConfig
              for name in METRIC_NAMES]
     results = out / "results.json"
     results.write_text(json.dumps({"summary": summary_line(dataset, result), "config": asdict(config),
+                                   "settings": result.settings,
                                    "over_time": _over_time(result, config.period_s)}, indent=2, default=str))
     summary = out / "summary.md"
     summary.write_text(_markdown(dataset, result, config, [p.name for p in files]))
@@ -74,21 +79,36 @@ def _markdown(dataset: str, result: EvalResult, config: EvalConfig, plots: list[
     summary = result.summary()
     rows = [f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['mrr']:.4f} | "
             f"{result.seconds_by_variant.get(name, 0.0):.1f} |" for name, m in summary.items()]
+    cold = [f"- `{name}`: {n} of {result.evaluated} answers were serving's cold-start list (user not synced)"
+            for name, n in result.cold_start.items()]
     lines = [f"# Prequential evaluation: {dataset}", "",
-             f"{result.events} events; the first {result.warmup_events} are warm-up (learned, not "
-             f"evaluated); {result.evaluated} evaluated; {result.repeats_skipped} repeated (user, item) "
-             f"pairs learned but not evaluated. Wall time {result.seconds:.1f} s.", "",
-             "| variant | HR@10 | NDCG@10 | MRR | seconds |", "|---|---|---|---|---|", *rows, "",
-             f"Events are ranked and learned in batches of up to {config.batch_size} (never across a "
-             "day boundary); `batch` shares the `model`'s training, its seconds are ranking only.", "",
+             f"{result.raw_events} events ({result.events} positive) in {result.batches} worker micro-batches; "
+             f"the first {result.warmup_events} positives are warm-up (learned, not evaluated); "
+             f"{result.evaluated} evaluated; {result.repeats_skipped} repeated (user, item) pairs learned but "
+             f"not evaluated. Wall time {result.seconds:.1f} s.", "",
+             "| variant | HR@10 | NDCG@10 | MRR@10 | seconds |", "|---|---|---|---|---|", *rows, "",
+             "`model`, `batch` and `hashed` are serving's top 10 (`recommend_many`: FAISS retrieval, ranking "
+             "head with Redis real-time features, business rules) over what the worker pipeline trained; "
+             "the baselines rank every item seen so far minus the user's own. MRR is cut at 10 (a rank "
+             "beyond 10 counts 0). A served variant's seconds include its syncs; `model`'s also the "
+             "training that `batch` shares.", "", *cold, *_labelled(result), "",
              *_comparisons(summary), "", "## Configuration", "", "```json",
-             json.dumps(asdict(config), indent=2, default=str), "```", "", "## Over time", "",
-             *[f"![{p}]({p})" for p in plots], ""]
+             json.dumps({"eval": asdict(config), "settings": result.settings}, indent=2, default=str), "```", "",
+             "## Over time", "", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
 
 
+def _labelled(result: EvalResult) -> list[str]:
+    """The ranking head's click predictions, on streams with impressions."""
+    if result.labelled is None:
+        return []
+    m = result.labelled.summary()
+    return ["", f"Ranking head, click predictions made before each update ({m['examples']} examples, "
+                f"{m['positives']} positive): AUC {m['auc']}, log loss {m['log_loss']}."]
+
+
 def _comparisons(summary: dict[str, dict[str, float]]) -> list[str]:
-    """The acceptance ratios of issue 6, for whichever variants ran."""
+    """The model's HR@10 against each other variant that ran (issue 12's acceptance compares them)."""
     if "model" not in summary:
         return []
     model = summary["model"]["hr@10"]

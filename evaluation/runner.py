@@ -1,36 +1,47 @@
-"""The prequential loop: for each batch of events, first rank (every variant), then learn.
+"""The prequential loop over the deployed system: for each worker micro-batch, first ask, then learn.
 
-The stream is cut into batches of consecutive events that never straddle the end of the
-warm-up or a refresh boundary (a day of event time). For each batch after the warm-up, every
-variant scores all items for every event; the rank of the event's item among the items seen so
-far that the user has not acted on is logged; only then does every variant learn the batch.
-Events whose (user, item) pair already occurred are not targets (the item is excluded from the
-user's candidates by the contract) and are only learned from.
+The events (time order) are cut into the micro-batches a live worker would see
+(:func:`evaluation.batches.micro_batches` with the worker's settings) and turned into the JSON bytes
+producers send (:func:`rtrec.events.encode_event`). For each batch:
 
-The ``batch`` variant ranks with a frozen copy of the ``model`` variant's weights, taken at the
-first batch of each new day: the same training run, served from yesterday's weights.
+1. every serving instance syncs if its period of event time has passed (``model``, ``hashed``:
+   ``sync_every_s``; ``batch``: at each hour boundary);
+2. the batch's targets -- positive events after the warm-up whose (user, item) pair is new -- are
+   asked of every variant: serving's ``recommend_many`` (top 10 after retrieval, ranking head and
+   business rules) for the served variants, a full ranking of the items seen so far minus the
+   user's own for the baselines; the rank of the event's item is logged (beyond 10 = a miss);
+3. only then does the batch go through the worker pipeline(s) (validate, Redis features, joiner,
+   trainer against the parameter store) and into the baselines.
+
+``model`` and ``batch`` are two serving instances over one trained store; ``hashed`` is a second
+pipeline and store whose tables fold IDs into ``hash_buckets`` rows per slot, on Redis DB 1.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
-import torch
+import redis
 
 from evaluation.baselines import Cooccurrence, Popularity, Trending
-from evaluation.batches import EvalBatch
-from evaluation.config import VARIANTS, EvalConfig
-from evaluation.metrics import MetricLog, target_ranks
-from evaluation.stream import EvalStream
-from evaluation.towers import FrozenTowers, TowerRanker
+from evaluation.batches import EvalBatch, micro_batches
+from evaluation.config import K, SERVED_VARIANTS, VARIANTS, EvalConfig
+from evaluation.labelled import LabelledLog, record_predictions
+from evaluation.metrics import MetricLog, list_ranks, target_ranks
+from evaluation.stream import NEGATIVE_ACTIONS, EvalStream
+from evaluation.system import ServedModel, TrainedSystem, embedded_redis, hashed_tables
+from rtrec.events import Event, encode_event
+from rtrec.settings import Settings, load_settings
 
-__all__ = ["EvalConfig", "EvalResult", "VARIANTS", "run_prequential", "batch_bounds"]
+__all__ = ["EvalConfig", "EvalResult", "VARIANTS", "run_prequential", "arrival_times"]
 
 log = logging.getLogger(__name__)
+
 
 class Ranker(Protocol):
     name: str
@@ -51,97 +62,186 @@ class EvalResult:
     repeats_skipped: int
     seconds: float
     seconds_by_variant: dict[str, float]
+    batches: int = 0
+    raw_events: int = 0
+    cold_start: dict[str, int] = field(default_factory=dict)
+    labelled: LabelledLog | None = None
+    settings: dict = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {name: {k: round(v, 4) for k, v in log_.summary().items()} for name, log_ in self.logs.items()}
 
 
-def batch_bounds(ts: np.ndarray, warmup_end: int, batch_size: int, refresh_s: float) -> list[tuple[int, int]]:
-    """``(start, end)`` of consecutive batches that never cross ``warmup_end`` or a refresh boundary.
+@dataclass
+class _Run:
+    """Everything one run holds: the stream, its raw bytes, the systems, servers and baselines."""
 
-    >>> batch_bounds(np.array([0., 1., 2., 10., 11., 12.]), 2, 2, 10.0)
-    [(0, 2), (2, 3), (3, 5), (5, 6)]
-    """
-    period = np.floor(ts / refresh_s)
-    cuts = set((np.flatnonzero(np.diff(period) != 0) + 1).tolist()) | {0, warmup_end, ts.size}
-    edges = sorted(c for c in cuts if 0 <= c <= ts.size)
-    return [(s, min(s + batch_size, end)) for start, end in zip(edges, edges[1:])
-            for s in range(start, end, batch_size)]
-
-
-def _build(stream: EvalStream, config: EvalConfig) -> tuple[list[Ranker], TowerRanker | None]:
-    """The rankers of the requested variants (``batch`` rides on the ``model`` ranker)."""
-    rankers: list[Ranker] = []
-    towers = None
-    if "model" in config.variants or "batch" in config.variants:
-        towers = TowerRanker(stream, config.towers, config.seed)
-        rankers.append(towers)
-    if "hashed" in config.variants:
-        rankers.append(TowerRanker(stream, config.towers, config.seed, config.hash_buckets, "hashed"))
-    if "popularity" in config.variants:
-        rankers.append(Popularity(stream.n_items))
-    if "trending" in config.variants:
-        rankers.append(Trending(stream.n_items, config.trending_half_life_s))
-    if "cooccurrence" in config.variants:
-        rankers.append(Cooccurrence(stream.n_items, config.cooccurrence_query, config.cooccurrence_window))
-    return rankers, towers
+    ordered: list[Event]
+    values: list[bytes]
+    stream: EvalStream
+    stream_index: np.ndarray  # per raw event: its index in ``stream`` (-1 for negative actions)
+    systems: dict[str, TrainedSystem]
+    served: dict[str, ServedModel]
+    baselines: list[Ranker]
+    config: EvalConfig
+    result: EvalResult
+    tiebreak: np.ndarray
 
 
-def run_prequential(stream: EvalStream, config: EvalConfig,
+def run_prequential(events: Sequence[Event], config: EvalConfig = EvalConfig(), settings: Settings | None = None,
                     progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Rank, log, then learn, batch by batch over the first ``until`` of the stream."""
-    torch.manual_seed(config.seed)
+    """Ask, log, then learn, micro-batch by micro-batch over the first ``until`` of the stream.
+
+    Starts a Redis of its own for the run (stopped at the end, also on error).
+    """
+    settings = settings or load_settings()
     start = time.perf_counter()
+    needs_redis = bool(set(SERVED_VARIANTS) & set(config.variants))
+    with embedded_redis(settings) if needs_redis else nullcontext("") as url:
+        run = _prepare(events, config, settings, url)
+        ts = arrival_times(run.ordered, config.rate)
+        bounds = micro_batches(ts, settings.worker_batch_within_s, settings.worker_batch_size)
+        for n, (lo, hi) in enumerate(bounds):
+            _step(run, lo, hi, float(ts[lo]))
+            if progress is not None:
+                progress(n + 1, len(bounds))
+    result = run.result
+    result.batches, result.seconds = len(bounds), time.perf_counter() - start
+    return result
+
+
+def arrival_times(events: Sequence[Event], rate: float | None) -> np.ndarray:
+    """When each event reaches the worker: its event time, or its place in a replay at ``rate``/s.
+
+    >>> from rtrec.events import Event
+    >>> evs = [Event(str(n), "u", "i", "click", 100.0 * n) for n in range(3)]
+    >>> arrival_times(evs, None).tolist(), arrival_times(evs, 10.0).tolist()
+    ([0.0, 100.0, 200.0], [0.0, 0.1, 0.2])
+    """
+    ts = np.array([e.ts for e in events], dtype=np.float64)
+    if rate is None or ts.size == 0:
+        return ts
+    return ts[0] + np.arange(ts.size) / rate
+
+
+def _prepare(events: Sequence[Event], config: EvalConfig, settings: Settings, url: str) -> _Run:
+    """Order and encode the events, build systems, serving instances and baselines."""
+    ordered = sorted(events, key=lambda e: e.ts)
+    stream = EvalStream.from_events(ordered, recent_len=config.cooccurrence_query)
+    positive = np.array([e.action not in NEGATIVE_ACTIONS for e in ordered], dtype=bool)
+    counted = np.cumsum(positive)
     end = int(round(len(stream) * config.until))
-    warmup_end = int(round(len(stream) * config.warmup))
-    tiebreak = np.random.default_rng(config.seed).permutation(stream.n_items)
-    rankers, towers = _build(stream, config)
-    logs = {name: MetricLog() for name in config.variants}
-    seconds = {name: 0.0 for name in config.variants}
-    frozen: FrozenTowers | None = None
-    last_period, evaluated, repeats = None, 0, 0
-    bounds = batch_bounds(stream.ts[:end], warmup_end, config.batch_size, config.refresh_s)
-    for n, (lo, hi) in enumerate(bounds):
-        batch = EvalBatch(stream, np.arange(lo, hi))
-        period = int(np.floor(stream.ts[lo] / config.refresh_s))
-        if "batch" in config.variants and period != last_period:
-            frozen = towers.snapshot(stream.n_items)
-        last_period = period
-        if lo >= warmup_end:
-            keep = ~stream.repeat[lo:hi]
-            evaluated += int(keep.sum())
-            repeats += int((~keep).sum())
-            _evaluate(batch, keep, rankers, towers, frozen, logs, seconds, tiebreak)
-        for ranker in rankers:
-            t0 = time.perf_counter()
-            ranker.learn(batch)
-            _charge(seconds, ranker.name, t0, config.variants)
-        if progress is not None:
-            progress(n + 1, len(bounds))
-    return EvalResult(logs, end, evaluated, warmup_end, repeats, time.perf_counter() - start, seconds)
+    n_raw = int(np.searchsorted(counted, end, side="left")) + 1 if end else 0
+    ordered = ordered[:n_raw]
+    stream_index = np.where(positive[:n_raw], counted[:n_raw] - 1, -1)
+    systems, served = _systems(config, settings, url)
+    result = EvalResult({name: MetricLog() for name in config.variants}, end, 0,
+                        int(round(len(stream) * config.warmup)), 0, 0.0, {name: 0.0 for name in config.variants},
+                        raw_events=n_raw, cold_start={name: 0 for name in served},
+                        labelled=_labelled(ordered, systems),
+                        settings=_settings_used(settings))
+    return _Run(ordered, [encode_event(e) for e in ordered], stream, stream_index, systems, served,
+                _baselines(stream, config), config, result, np.random.default_rng(config.seed).permutation(stream.n_items))
 
 
-def _evaluate(batch: EvalBatch, keep: np.ndarray, rankers: list[Ranker], towers: TowerRanker | None,
-              frozen: FrozenTowers | None, logs: dict[str, MetricLog], seconds: dict[str, float],
-              tiebreak: np.ndarray) -> None:
-    """Log each variant's rank of every kept event's item before anything learns the batch."""
-    if not keep.any():
-        return
-    candidates = batch.candidates()[keep]
-    targets, ts = batch.items[keep], batch.ts[keep]
-    scorers: list[tuple[str, Callable[[], np.ndarray]]] = [(r.name, lambda r=r: r.scores(batch)) for r in rankers]
-    if frozen is not None and towers is not None:
-        scorers.append(("batch", lambda: towers.frozen_scores(frozen, batch)))
-    for name, score in scorers:
-        if name not in logs:
-            continue
+def _systems(config: EvalConfig, settings: Settings, url: str) -> tuple[dict[str, TrainedSystem], dict[str, ServedModel]]:
+    """The trained systems (``model``: production tables on DB 0; ``hashed``: folded tables on DB 1)
+    and the serving instances of the served variants."""
+    systems: dict[str, TrainedSystem] = {}
+    served: dict[str, ServedModel] = {}
+    every = config.sync_every_s or settings.sync_interval_s
+    if {"model", "batch"} & set(config.variants):
+        systems["model"] = TrainedSystem.build(settings, _db(url, 0), seed=config.seed)
+    if "model" in config.variants:
+        served["model"] = ServedModel.build(settings, systems["model"], every)
+    if "batch" in config.variants:  # a periodic retrain ships the whole model: dense weights at every refresh
+        served["batch"] = ServedModel.build(settings, systems["model"], config.batch_refresh_s, aligned=True,
+                                            dense_every=1)
+    if "hashed" in config.variants:
+        systems["hashed"] = TrainedSystem.build(settings, _db(url, 1), hashed_tables(config.hash_buckets),
+                                                seed=config.seed)
+        served["hashed"] = ServedModel.build(settings, systems["hashed"], every)
+    return systems, served
+
+
+def _labelled(ordered: Sequence[Event], systems: dict[str, TrainedSystem]) -> LabelledLog | None:
+    """The model trainer's click predictions, on streams with impressions (labelled examples)."""
+    if "model" not in systems or not any(e.action == "impression" for e in ordered):
+        return None
+    return record_predictions(systems["model"].trainer)
+
+
+def _db(url: str, db: int) -> redis.Redis:
+    """A client of database ``db`` of the run's Redis (feature writes are per DB)."""
+    return redis.Redis.from_url(url.rsplit("/", 1)[0] + f"/{db}")
+
+
+def _baselines(stream: EvalStream, config: EvalConfig) -> list[Ranker]:
+    out: list[Ranker] = []
+    if "popularity" in config.variants:
+        out.append(Popularity(stream.n_items))
+    if "trending" in config.variants:
+        out.append(Trending(stream.n_items, config.trending_half_life_s))
+    if "cooccurrence" in config.variants:
+        out.append(Cooccurrence(stream.n_items, config.cooccurrence_query, config.cooccurrence_window))
+    return out
+
+
+def _step(run: _Run, lo: int, hi: int, now: float) -> None:
+    """One micro-batch: sync what is due, ask for the targets, then let everything learn the batch."""
+    raw = np.arange(lo, hi)
+    positives = raw[run.stream_index[lo:hi] >= 0]
+    sidx = run.stream_index[positives]
+    after_warmup = sidx >= run.result.warmup_events
+    is_target = after_warmup & ~run.stream.repeat[sidx]
+    run.result.repeats_skipped += int((after_warmup & ~is_target).sum())
+    run.result.evaluated += int(is_target.sum())
+    for name, served in run.served.items():
+        _timed(run.result, name, served.maybe_sync, now)
+    if is_target.any():
+        _ask_served(run, positives[is_target])
+        _rank_baselines(run, sidx[is_target])
+    for ranker in run.baselines:
+        if sidx.size:
+            _timed(run.result, ranker.name, ranker.learn, EvalBatch(run.stream, sidx))
+    for name, system in run.systems.items():
+        _timed(run.result, name, system.process, run.values[lo:hi])
+
+
+def _ask_served(run: _Run, raw_targets: np.ndarray) -> None:
+    """Serving's top-K for each target event; log where the event's item was."""
+    events = [run.ordered[i] for i in raw_targets.tolist()]
+    items = [e.item_id for e in events]
+    ts = np.array([e.ts for e in events])
+    for name, served in run.served.items():
         t0 = time.perf_counter()
-        scores = np.asarray(score())[keep]
-        logs[name].add_many(ts, target_ranks(scores, targets, candidates, tiebreak))
-        seconds[name] += time.perf_counter() - t0
+        lists, cold = served.recommend(events, K)
+        run.result.logs[name].add_many(ts, list_ranks(lists, items))
+        run.result.cold_start[name] += cold
+        run.result.seconds_by_variant[name] += time.perf_counter() - t0
 
 
-def _charge(seconds: dict[str, float], name: str, t0: float, variants: tuple[str, ...]) -> None:
-    """Add learning time to the variant that owns it (the model's training also serves ``batch``)."""
-    owner = name if name in variants else "batch"
-    seconds[owner] = seconds.get(owner, 0.0) + time.perf_counter() - t0
+def _rank_baselines(run: _Run, targets: np.ndarray) -> None:
+    """Each baseline's rank of the target among the items seen so far that its user has not acted on."""
+    batch = EvalBatch(run.stream, targets)
+    candidates = batch.candidates()
+    for ranker in run.baselines:
+        t0 = time.perf_counter()
+        ranks = target_ranks(np.asarray(ranker.scores(batch)), batch.items, candidates, run.tiebreak)
+        run.result.logs[ranker.name].add_many(batch.ts, ranks)
+        run.result.seconds_by_variant[ranker.name] += time.perf_counter() - t0
+
+
+def _timed(result: EvalResult, name: str, fn: Callable, *args: object) -> object:
+    """Call ``fn`` and charge its time to ``name`` (the ``model`` system's training is ``model``'s)."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    result.seconds_by_variant[name] = result.seconds_by_variant.get(name, 0.0) + time.perf_counter() - t0
+    return out
+
+
+def _settings_used(settings: Settings) -> dict:
+    """The deployed system's settings a reader of the report needs to know."""
+    keys = ("worker_batch_size", "worker_batch_within_s", "join_window_s", "sync_interval_s", "serving_ranked",
+            "torch_threads")
+    return {k: getattr(settings, k) for k in keys}

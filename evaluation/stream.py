@@ -29,7 +29,7 @@ import numpy as np
 
 from rtrec.events import Event
 
-__all__ = ["EvalStream", "NEGATIVE_ACTIONS", "load_stream"]
+__all__ = ["EvalStream", "NEGATIVE_ACTIONS", "load_events", "load_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -144,20 +144,30 @@ def _seen_before(items: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], running[:-1]]).astype(np.int64)
 
 
-def load_stream(dataset: str | None = None, path: str | Path | None = None, columns: str | None = None,
-                action: str = "click", limit: int | None = None, recent_len: int = 5) -> EvalStream:
-    """Load a named dataset or an event file (as ``rtrec replay`` reads it) into an :class:`EvalStream`."""
+def load_events(dataset: str | None = None, path: str | Path | None = None, columns: str | None = None,
+                action: str = "click", limit: int | None = None) -> list[Event]:
+    """Every event of a named dataset or an event file (as ``rtrec replay`` reads it), in time order.
+
+    The sort is stable, so events with one timestamp keep the file's order; the positive events
+    of the result are exactly :class:`EvalStream`'s, in its order.
+    """
     if dataset:
         from producers.datasets import load_dataset
 
         events = load_dataset(dataset)
     elif path is not None:
-        from producers.replay import load_events, parse_columns
+        from producers.replay import load_events as load_file, parse_columns
 
-        loaded = load_events(Path(path), parse_columns(columns), action)
+        loaded = load_file(Path(path), parse_columns(columns), action)
         if loaded.skipped:
             log.warning("skipped %d malformed rows: %s", sum(loaded.skipped.values()), dict(loaded.skipped))
         events = loaded.events
     else:
         raise ValueError("give a dataset name or an event file")
-    return EvalStream.from_events(events[:limit] if limit else events, recent_len)
+    return sorted(events[:limit] if limit else events, key=lambda e: e.ts)
+
+
+def load_stream(dataset: str | None = None, path: str | Path | None = None, columns: str | None = None,
+                action: str = "click", limit: int | None = None, recent_len: int = 5) -> EvalStream:
+    """The :class:`EvalStream` of :func:`load_events`."""
+    return EvalStream.from_events(load_events(dataset, path, columns, action, limit), recent_len)

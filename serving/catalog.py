@@ -65,6 +65,11 @@ class ItemCatalog:
             return np.fromiter((f in self._names for f in np.asarray(fids, dtype=np.uint64).tolist()),
                                dtype=bool, count=np.size(fids))
 
+    def learned_ids(self) -> np.ndarray:
+        """Feature IDs of every learned name (sorted)."""
+        with self._lock:
+            return np.sort(np.fromiter(self._names, dtype=np.uint64, count=len(self._names)))
+
     def known(self, fids: np.ndarray) -> np.ndarray:
         """Whether each feature ID has a name (learned, or an exactly decodable integer)."""
         return self.learned(fids) | ~is_hashed(np.asarray(fids, dtype=np.uint64))

@@ -33,6 +33,7 @@ import numpy as np
 from features.ids import slot_of
 from param_server.config import DEFAULT_TABLES, EmbeddingConfig
 from param_server.hash_index import HashIndex
+from param_server.hashing import buckets_by_slot, fold_by_slot
 from param_server.table import TableDelta
 
 __all__ = ["MirrorTable", "ParamMirror", "AppliedDelta"]
@@ -128,15 +129,24 @@ class ParamMirror:
         self.tables = {t.name: MirrorTable(t.dim) for t in tables}
         self._by_slot = {t.slot: self.tables[t.name] for t in tables}
         self.slots = {t.name: t.slot for t in tables}
+        self._buckets = buckets_by_slot(tables)  # slots folded into hashed rows, as the parameter server does
         self.version: Any = 0  # the delta cursor: opaque, passed back as received
         self._lock = threading.Lock()
 
     def table(self, name: str) -> MirrorTable:
         return self.tables[name]
 
+    def folds(self, name: str) -> bool:
+        """Whether the table's IDs share hashed rows (``hash_buckets``): its row IDs are then bucket IDs."""
+        return self.slots[name] in self._buckets
+
+    def row_ids(self, ids: np.ndarray) -> np.ndarray:
+        """The row (bucket) ID each feature ID reads: itself, or its folded ID in a folded table."""
+        return fold_by_slot(np.asarray(ids, dtype=np.uint64), self._buckets)
+
     def pull_many(self, ids: np.ndarray) -> np.ndarray:
         """Rows of ``ids`` ``float32 (n, dim)``, zeros for IDs without a row (the store's contract)."""
-        ids = np.asarray(ids, dtype=np.uint64)
+        ids = self.row_ids(ids)
         slots = slot_of(ids)
         with self._lock:
             if ids.size and (slots == slots[0]).all():
@@ -152,7 +162,7 @@ class ParamMirror:
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """Whether each feature ID has a row in the mirror."""
-        ids = np.asarray(ids, dtype=np.uint64)
+        ids = self.row_ids(ids)
         out = np.zeros(ids.size, dtype=bool)
         slots = slot_of(ids)
         with self._lock:

@@ -98,7 +98,7 @@ class SyncLoop:
             applied = self.mirror.apply(delta)
             changed = applied.changed.get(self._item_table, np.empty(0, dtype=np.uint64))
             removed = applied.removed.get(self._item_table, np.empty(0, dtype=np.uint64))
-            self.note_items(changed)
+            self.note_items(self._items_of_rows(changed))
             self._learn_names()
             dense_loaded = self.syncs % self.dense_every == 0 and self._load_dense()
             if dense_loaded or restarted:
@@ -183,6 +183,22 @@ class SyncLoop:
             if len(entries) < CATALOG_CHUNK:
                 return
 
+    def _items_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The items whose vectors changed with these item rows: the rows' own IDs, or, when item
+        IDs share hashed rows (``hash_buckets``), every named item folded into one of them."""
+        if not self.mirror.folds(self._item_table) or rows.size == 0:
+            return rows
+        named = self.catalog.learned_ids()
+        return named[np.isin(self.mirror.row_ids(named), rows)]
+
+    def _synced_named_items(self) -> np.ndarray:
+        """Sorted IDs of the items that have both a name and a synced row (what the index holds)."""
+        if self.mirror.folds(self._item_table):
+            named = self.catalog.learned_ids()
+            return named[self.mirror.contains(named)]
+        fids = self.mirror.table(self._item_table).ids()
+        return np.sort(fids[self.catalog.known(fids)])
+
     def _reindex(self, removed: np.ndarray) -> None:
         """Re-embed the pending items that are synced and named; drop removed items from the index."""
         with self._pending_lock:
@@ -204,8 +220,7 @@ class SyncLoop:
         its size calls for, see :mod:`serving.index`), then swapped in."""
         with self._pending_lock:
             self._pending = np.empty(0, dtype=np.uint64)
-        fids = self.mirror.table(self._item_table).ids()
-        fids = np.sort(fids[self.catalog.known(fids)])
+        fids = self._synced_named_items()
         vectors = np.empty((fids.size, self.index.dim), dtype=np.float32)
         for lo in range(0, fids.size, EMBED_CHUNK):
             chunk = fids[lo:lo + EMBED_CHUNK]

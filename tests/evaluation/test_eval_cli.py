@@ -21,12 +21,13 @@ def _write_ratings(path: Path, n: int = 400) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.integration
 def test_eval_on_an_event_file_writes_a_report_and_a_json_last_line(tmp_path: Path, capsys) -> None:
     events = tmp_path / "ratings.csv"
     _write_ratings(events)
     out = tmp_path / "report"
     code = main(["eval", str(events), "--columns", "user_id=userId,item_id=movieId,ts=timestamp,value=rating",
-                 "--out", str(out), "--seed", "1", "--dim", "8", "--steps", "1", "--hash-buckets", "5",
+                 "--out", str(out), "--seed", "1", "--rate", "50", "--hash-buckets", "5",
                  "--period-days", "1", "--no-progress"])
     assert code == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -50,7 +51,7 @@ def test_eval_rejects_unknown_variants(tmp_path: Path) -> None:
     assert main(["eval", str(events), "--variants", "model,oracle", "--out", str(tmp_path / "r")]) == 2
 
 
-@pytest.mark.parametrize("option", ["--variants", "--hash-buckets"])
+@pytest.mark.parametrize("option", ["--variants", "--hash-buckets", "--rate", "--sync-every-s"])
 def test_eval_help_lists_the_options(option: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["eval", "--help"])

@@ -12,7 +12,7 @@ def test_metrics_of_known_ranks_match_hand_computed_values() -> None:
     ranks = np.array([1, 2, 10, 11, np.inf])
     assert hit_rate(ranks, 10).tolist() == [1, 1, 1, 0, 0]
     assert ndcg(ranks, 10) == pytest.approx([1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0, 0.0])
-    assert reciprocal_rank(ranks) == pytest.approx([1.0, 0.5, 0.1, 1 / 11, 0.0])
+    assert reciprocal_rank(ranks) == pytest.approx([1.0, 0.5, 0.1, 0.0, 0.0])  # cut at 10, as MRR@10
 
 
 def test_rank_counts_only_candidates_scoring_higher() -> None:
@@ -38,7 +38,7 @@ def test_metric_log_summarises_overall_and_per_period() -> None:
     log.add_many(np.array([0.0, 5.0]), np.array([1.0, 20.0]))
     log.add_many(np.array([12.0]), np.array([2.0]))
     assert log.summary()["hr@10"] == pytest.approx(2 / 3)
-    assert log.summary()["mrr"] == pytest.approx((1 + 0.05 + 0.5) / 3)
+    assert log.summary()["mrr"] == pytest.approx((1 + 0.0 + 0.5) / 3)  # rank 20 is beyond 10
     starts, means, counts = log.over_time(10.0)
     assert starts.tolist() == [0.0, 10.0] and counts.tolist() == [2, 1]
     assert means["hr@10"].tolist() == [0.5, 1.0]

@@ -1,20 +1,17 @@
-"""The prequential loop: rank before learning, seen items excluded, deterministic with a seed."""
+"""The prequential loop: ask before learning, seen items excluded, the deployed system as the model."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from evaluation.config import EvalConfig, TowerConfig
-from evaluation.runner import run_prequential
-from evaluation.stream import EvalStream
-from evaluation.towers import TowerRanker, fold_ids
-from features.ids import feature_ids
+from evaluation.batches import micro_batches
+from evaluation.config import EvalConfig
+from evaluation.runner import arrival_times, run_prequential
 from rtrec.events import Event
 
-SMALL = TowerConfig(dim=8, tower_dim=8, tower_hidden=16, steps=1)
 
-
-def _synthetic(n_events: int = 600, seed: int = 3) -> EvalStream:
+def _synthetic(n_events: int = 600, seed: int = 3) -> list[Event]:
     """Users with a taste for one of three item groups, over three days."""
     rng = np.random.default_rng(seed)
     events = []
@@ -22,73 +19,60 @@ def _synthetic(n_events: int = 600, seed: int = 3) -> EvalStream:
         user = int(rng.integers(30))
         item = int(rng.integers(10)) * 3 + user % 3
         events.append(Event(str(n), f"u{user}", f"i{item}", "click", 1e9 + n * 3 * 86_400 / n_events))
-    return EvalStream.from_events(events)
+    return events
 
 
 def test_items_the_user_acted_on_are_never_ranked() -> None:
     # "x" is the most popular item; user a already has it, so a's target "z" is first, not second.
     rows = [("b", "x"), ("c", "x"), ("d", "x"), ("a", "x"), ("e", "z"), ("a", "z")]
-    stream = EvalStream.from_events([Event(str(n), u, i, "click", float(n)) for n, (u, i) in enumerate(rows)])
-    config = EvalConfig(warmup=5 / 6, batch_size=1, variants=("popularity",))
-    result = run_prequential(stream, config)
+    events = [Event(str(n), u, i, "click", float(n)) for n, (u, i) in enumerate(rows)]
+    result = run_prequential(events, EvalConfig(warmup=5 / 6, variants=("popularity",)))
     assert result.evaluated == 1
     assert np.concatenate(result.logs["popularity"].ranks).tolist() == [1.0]
 
 
-def test_an_event_is_ranked_before_it_is_learned() -> None:
-    # Each user clicks a brand-new item: it is not a candidate yet, so no variant can hit it.
-    stream = EvalStream.from_events([Event(str(n), f"u{n}", f"i{n}", "click", float(n)) for n in range(20)])
-    result = run_prequential(stream, EvalConfig(batch_size=4, variants=("popularity", "model"), towers=SMALL))
+def test_micro_batches_follow_the_workers_window_and_size() -> None:
+    ts = np.sort(np.random.default_rng(0).uniform(0, 20, 300))
+    bounds = micro_batches(ts, 0.2, 7)
+    assert bounds[0][0] == 0 and bounds[-1][1] == ts.size
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(1 <= hi - lo <= 7 and ts[hi - 1] - ts[lo] <= 0.2 for lo, hi in bounds)
+
+
+@pytest.mark.integration
+def test_an_event_is_asked_before_it_is_learned() -> None:
+    # Each user clicks a brand-new item: no variant, served or baseline, can have it in a list yet.
+    events = [Event(str(n), f"u{n % 3}", f"i{n}", "click", 1e9 + n) for n in range(30)]
+    result = run_prequential(events, EvalConfig(variants=("model", "popularity")))
+    assert result.evaluated == 27
     assert result.summary()["popularity"]["hr@10"] == 0.0 and result.summary()["model"]["hr@10"] == 0.0
 
 
-def test_same_seed_gives_identical_results_for_every_variant() -> None:
-    stream = _synthetic()
-    config = EvalConfig(batch_size=16, hash_buckets=7, towers=SMALL, refresh_s=86_400.0)
-    first, second = run_prequential(stream, config), run_prequential(stream, config)
-    assert first.summary() == second.summary()
+@pytest.mark.integration
+def test_every_variant_runs_and_the_same_seed_gives_the_same_figures() -> None:
+    events = _synthetic()
+    config = EvalConfig(rate=50.0, hash_buckets=7)
+    first, second = run_prequential(events, config), run_prequential(events, config)
     assert set(first.summary()) == {"model", "batch", "hashed", "popularity", "trending", "cooccurrence"}
-    assert first.evaluated + first.repeats_skipped == 540 and first.evaluated == second.evaluated
+    assert first.summary() == second.summary()
+    assert first.evaluated + first.repeats_skipped == 540
+    assert first.batches == len(micro_batches(arrival_times(events, 50.0), 0.2, 1000))  # ~11 events each
 
 
-def test_model_learns_the_group_structure_online() -> None:
-    result = run_prequential(_synthetic(1500), EvalConfig(batch_size=16, variants=("model", "popularity"),
-                                                          towers=SMALL))
+@pytest.mark.integration
+def test_served_model_learns_the_group_structure_online() -> None:
+    result = run_prequential(_synthetic(1500), EvalConfig(rate=50.0, variants=("model", "popularity")))
     summary = result.summary()
-    assert summary["model"]["hr@10"] > summary["popularity"]["hr@10"] + 0.1
+    assert result.cold_start["model"] < result.evaluated  # users get served from the trained model
+    assert summary["model"]["hr@10"] > summary["popularity"]["hr@10"]
 
 
-def test_hashed_ids_fold_into_fixed_buckets_and_collide() -> None:
-    ids = feature_ids(2, np.arange(100))
-    folded = fold_ids(ids, 8)
-    assert np.unique(folded).size == 8
-    ranker = TowerRanker(_synthetic(100), SMALL, hash_buckets=4)
-    assert np.unique(ranker.ids.item).size <= 4 and np.unique(ranker.ids.user).size <= 4
+@pytest.mark.integration
+def test_streams_with_impressions_report_the_ranking_heads_auc_and_log_loss() -> None:
+    from producers.simulator import ClickSimulator, SimulatorConfig
 
-
-def test_experience_replay_trains_only_on_earlier_events() -> None:
-    from dataclasses import replace
-
-    from evaluation.batches import EvalBatch
-
-    stream = _synthetic(200)
-    ranker = TowerRanker(stream, replace(SMALL, replay_batches=3))
-    trained: list[np.ndarray] = []
-    ranker._step = lambda batch, n, seen: trained.append(batch.events)  # record, do not train
-    ranker.learn(EvalBatch(stream, np.arange(100, 110)))
-    assert len(trained) == 1 + 3
-    assert trained[0].tolist() == list(range(100, 110))
-    assert all(events.max() < 100 and events.size == 10 for events in trained[1:])
-
-
-def test_batch_mode_ranks_with_the_snapshot_while_training_goes_on() -> None:
-    from evaluation.batches import EvalBatch
-
-    stream = _synthetic(200)
-    ranker, untrained = TowerRanker(stream, SMALL), TowerRanker(stream, SMALL)
-    frozen = ranker.snapshot(stream.n_items)
-    for start in range(0, 160, 16):
-        ranker.learn(EvalBatch(stream, np.arange(start, start + 16)))
-    probe = EvalBatch(stream, np.arange(160, 176))
-    np.testing.assert_array_equal(ranker.frozen_scores(frozen, probe), untrained.scores(probe))
-    assert not np.array_equal(ranker.scores(probe), untrained.scores(probe))
+    sim = SimulatorConfig(users=30, items=80, categories=4, seed=1, shift_fraction=0.0, trending_items=0)
+    events = ClickSimulator(sim, run_id="eval").requests(300, 1.7e9, 1.7e9 + 600.0)
+    result = run_prequential(events, EvalConfig(variants=("model",)))
+    head = result.labelled.summary()
+    assert head["examples"] > 0 and 0.0 <= head["auc"] <= 1.0 and head["log_loss"] > 0.0
