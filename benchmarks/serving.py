@@ -37,6 +37,7 @@ import redis
 from benchmarks.common import report
 from features.ids import feature_ids
 from features.writer import FeatureWriter
+from param_server.config import DEFAULT_TABLES
 from param_server.client import ParamServerClient
 from rtrec.events import Event
 from rtrec.metrics_http import scrape
@@ -90,7 +91,7 @@ def populate_params(addr: str) -> None:
         for ids in parts:  # users twice: their table admits an ID on its second sighting
             for lo in range(0, ids.size, CHUNK):
                 chunk = ids[lo:lo + CHUNK]
-                client.push_many(chunk, np.zeros((chunk.size, 16), dtype=np.float32), ts=now)
+                client.push_many(chunk, np.zeros((chunk.size, DEFAULT_TABLES[0].dim), dtype=np.float32), ts=now)
         client.push_dense(RecModel().dense_arrays())
         print(f"parameter server: {client.stats()['tables']}", file=sys.stderr)
 

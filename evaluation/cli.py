@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = EvalConfig()
     parser.add_argument("file", nargs="?", help="CSV, TSV or JSONL event file (as for rtrec replay)")
-    parser.add_argument("--dataset", choices=["ml-100k"], help="evaluate on a bundled dataset instead")
+    parser.add_argument("--dataset", choices=["ml-100k", "obd-random", "obd-bts", "simulator"],
+                        help="evaluate on a bundled dataset instead (obd-*: Open Bandit Dataset impressions with "
+                             "clicks; simulator: 10 minutes of the click simulator)")
     parser.add_argument("--columns", help="event field=file column, e.g. user_id=userId,item_id=movieId,ts=timestamp")
     parser.add_argument("--action", default="click", help="action for rows without one (default click)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N events of the file")

@@ -22,11 +22,12 @@ __all__ = ["summary_line", "write_report"]
 
 def summary_line(dataset: str, result: EvalResult) -> dict:
     """The last stdout line: dataset, event count, each variant's overall metrics (and, on streams
-    with impressions, the ranking head's prequential click AUC and log loss)."""
+    with impressions, ``labelled``: the prequential click AUC and log loss of the ranking head,
+    ``model``, and of the logistic regression on counts, ``counts_lr``, on the same examples)."""
     out = {"dataset": dataset, "events": result.events, **result.summary(), "evaluated": result.evaluated,
            "batches": result.batches, "seconds": round(result.seconds, 1)}
     if result.labelled is not None:
-        out["ranking_head"] = result.labelled.summary()
+        out["labelled"] = result.labelled.summary()
     return out
 
 
@@ -36,7 +37,8 @@ def write_report(out: Path, dataset: str, result: EvalResult, config: EvalConfig
     files = [_plot(out / f"{name.replace('@', '_at_')}.png", name, result, config.period_s)
              for name in METRIC_NAMES]
     results = out / "results.json"
-    results.write_text(json.dumps({"summary": summary_line(dataset, result), "config": asdict(config),
+    labelled = {} if result.labelled is None else {"labelled": result.labelled.summary()}
+    results.write_text(json.dumps({"summary": summary_line(dataset, result), **labelled, "config": asdict(config),
                                    "settings": result.settings,
                                    "over_time": _over_time(result, config.period_s)}, indent=2, default=str))
     summary = out / "summary.md"
@@ -99,12 +101,18 @@ def _markdown(dataset: str, result: EvalResult, config: EvalConfig, plots: list[
 
 
 def _labelled(result: EvalResult) -> list[str]:
-    """The ranking head's click predictions, on streams with impressions."""
+    """Click predictions of the impressions (streams with impressions): the ranking head and the counts baseline."""
     if result.labelled is None:
         return []
-    m = result.labelled.summary()
-    return ["", f"Ranking head, click predictions made before each update ({m['examples']} examples, "
-                f"{m['positives']} positive): AUC {m['auc']}, log loss {m['log_loss']}."]
+    names = {"model": "`model` (ranking head, click)", "counts_lr": "`counts_lr` (logistic regression on counts)"}
+    rows = [f"| {names[name]} | {m['examples']} | {m['positives']} | {m['auc']} | {m['log_loss']} |"
+            for name, m in result.labelled.summary().items()]
+    return ["", "## Click predictions of impressions", "",
+            "Each impression example (an impression and whether it was clicked within the join window) is "
+            "predicted once, in the worker micro-batch that trains on it, before the update; both rows are "
+            "the same examples in the same order. Positive-only actions, sampled negatives and replayed "
+            "batches are not counted.", "",
+            "| predictor | examples | clicked | AUC | log loss |", "|---|---|---|---|---|", *rows]
 
 
 def _comparisons(summary: dict[str, dict[str, float]]) -> list[str]:

@@ -31,7 +31,7 @@ import redis
 from evaluation.baselines import Cooccurrence, Popularity, Trending
 from evaluation.batches import EvalBatch, micro_batches
 from evaluation.config import K, SERVED_VARIANTS, VARIANTS, EvalConfig
-from evaluation.labelled import LabelledLog, record_predictions
+from evaluation.labelled import LabelledRun, record_predictions
 from evaluation.metrics import MetricLog, list_ranks, target_ranks
 from evaluation.stream import NEGATIVE_ACTIONS, EvalStream
 from evaluation.system import ServedModel, TrainedSystem, embedded_redis, hashed_tables
@@ -65,7 +65,7 @@ class EvalResult:
     batches: int = 0
     raw_events: int = 0
     cold_start: dict[str, int] = field(default_factory=dict)
-    labelled: LabelledLog | None = None
+    labelled: LabelledRun | None = None
     settings: dict = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -164,11 +164,12 @@ def _systems(config: EvalConfig, settings: Settings, url: str) -> tuple[dict[str
     return systems, served
 
 
-def _labelled(ordered: Sequence[Event], systems: dict[str, TrainedSystem]) -> LabelledLog | None:
-    """The model trainer's click predictions, on streams with impressions (labelled examples)."""
+def _labelled(ordered: Sequence[Event], systems: dict[str, TrainedSystem]) -> LabelledRun | None:
+    """The model trainer's click predictions of impression examples, and a counts baseline's of the
+    same examples, on streams with impressions (:mod:`evaluation.labelled`)."""
     if "model" not in systems or not any(e.action == "impression" for e in ordered):
         return None
-    return record_predictions(systems["model"].trainer)
+    return record_predictions(systems["model"].pipeline.train)
 
 
 def _db(url: str, db: int) -> redis.Redis:

@@ -10,10 +10,10 @@ call reconnects; a failed push is not retried (it may have been applied).
 >>> from features.ids import feature_ids
 >>> with ServerThread(ParamStore()) as running, ParamServerClient(running.host, running.port) as client:
 ...     ids = feature_ids(2, ["a", "b"])
-...     client.push_many(ids, np.ones((2, 16), dtype=np.float32), ts=1.0)
+...     client.push_many(ids, np.ones((2, 32), dtype=np.float32), ts=1.0)
 ...     client.pull_many(ids).shape
 1
-(2, 16)
+(2, 32)
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ One :class:`EmbeddingConfig` per slot says how its rows look (``dim``, ``initial
 
 >>> by_name = {t.name: t for t in DEFAULT_TABLES}
 >>> by_name["item_id"].slot, by_name["item_id"].dim, by_name["item_id"].optimizer.name
-(2, 16, 'adagrad')
+(2, 32, 'adagrad')
 >>> tables_from_json(tables_to_json(DEFAULT_TABLES)) == DEFAULT_TABLES
 True
 """
@@ -45,7 +45,7 @@ class EmbeddingConfig:
 
     name: str
     slot: int
-    dim: int = 16
+    dim: int = 32
     initializer: AnyInitializer = field(default_factory=Uniform)
     optimizer: AnyOptimizer = field(default_factory=Adagrad)
     admit_after: int = 1

@@ -13,10 +13,10 @@ per shard, and a delta cursor is such a tuple.
 >>> from param_server.store import ParamStore
 >>> sharded = ShardedClient([ParamStore(), ParamStore()])
 >>> ids = np.arange(10, dtype=np.uint64) | np.uint64(2 << 56)
->>> sharded.push_many(ids, np.ones((10, 16), dtype=np.float32), ts=1.0)
+>>> sharded.push_many(ids, np.ones((10, 32), dtype=np.float32), ts=1.0)
 (1, 1)
 >>> sharded.pull_many(ids).shape, set(shard_of(ids, 2).tolist())
-((10, 16), {0, 1})
+((10, 32), {0, 1})
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ the clock there and make every row stale at the next expiry pass.
 >>> from features.ids import feature_ids
 >>> store = ParamStore()
 >>> items = feature_ids(2, ["a", "b"])
->>> store.push_many(items, np.zeros((2, 16), dtype=np.float32), ts=1.7e9)
+>>> store.push_many(items, np.zeros((2, 32), dtype=np.float32), ts=1.7e9)
 1
 >>> store.pull_many(items).shape, sorted(store.delta(0).tables["item_id"].ids.tolist()) == sorted(items.tolist())
-((2, 16), True)
+((2, 32), True)
 >>> store.push_dense({"mlp.w0": np.ones((2, 3))})
 2
 >>> store.pull_dense(["mlp.w0"]).version

@@ -58,6 +58,7 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, ge=1, le=100)
     context: Context = Field(default_factory=dict)
     exclude: list[EntityId] = Field(default_factory=list, max_length=1000)
+    explain: bool = False  # add an "explain" object to the response (diagnosis; see Explain)
 
 
 class ScoreRequest(BaseModel):
@@ -72,10 +73,22 @@ class ScoredItem(BaseModel):
     score: float
 
 
+class Explain(BaseModel):
+    """What one request went through (only with ``"explain": true``): whether it got the cold-start
+    list, the named candidates FAISS retrieved (best first), those the ranking head scored (in score
+    order, before the rules) and the blocked items (excluded or already acted on)."""
+
+    cold_start: bool
+    retrieved: list[str]
+    ranked: list[str]
+    blocked: list[str]
+
+
 class RecommendResponse(BaseModel):
     request_id: str
     model_version: int
     items: list[ScoredItem]
+    explain: Explain | None = None
 
 
 class ScoreResponse(BaseModel):
@@ -225,7 +238,7 @@ def create_app(serving: Serving) -> FastAPI:
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> Response:
-        result = await batcher.submit(Ask(body.user_id, body.k, body.context, body.exclude))
+        result = await batcher.submit(Ask(body.user_id, body.k, body.context, body.exclude, body.explain))
         request_id = uuid.uuid4().hex
         metrics.recommendations.labels("cold_start" if result.cold_start else "model").inc()
         if result.user_vector is not None:
@@ -234,8 +247,11 @@ def create_app(serving: Serving) -> FastAPI:
             names = [name for name, _ in result.items]
             cats = result.categories or rec.catalog.categories(rec.catalog.feature_ids(names))
             serving.impressions.log(request_id, body.user_id, list(zip(names, cats)), body.context)
-        return _json({"request_id": request_id, "model_version": serving.sync.model_version,
-                      "items": [{"item_id": n, "score": s} for n, s in result.items]})
+        out = {"request_id": request_id, "model_version": serving.sync.model_version,
+               "items": [{"item_id": n, "score": s} for n, s in result.items]}
+        if body.explain:
+            out["explain"] = result.explain
+        return _json(out)
 
     @app.post("/score", response_model=ScoreResponse)
     async def score(body: ScoreRequest) -> Response:

@@ -16,7 +16,7 @@ never sees a half-written row.
 >>> from features.ids import feature_ids
 >>> store, mirror = ParamStore(), ParamMirror()
 >>> items = feature_ids(2, ["a", "b"])
->>> _ = store.push_many(items, np.ones((2, 16), dtype=np.float32), ts=1.0)
+>>> _ = store.push_many(items, np.ones((2, 32), dtype=np.float32), ts=1.0)
 >>> applied = mirror.apply(store.delta(mirror.version))
 >>> applied.rows, bool((mirror.pull_many(items) == store.pull_many(items)).all())
 (2, True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from features.ids import feature_ids
-from rtrec.recipe.model import ModelConfig, RecModel, masked_mean
+from rtrec.recipe.model import ModelConfig, RecModel, masked_mean, recent_summary
 from serving.mirror import ParamMirror
 from rtrec.recipe.examples import ModelSlots, context_strings, pad_strings, slot_ids
 from rtrec.recipe.trainer import Scorer, pull_rows
@@ -63,7 +63,7 @@ class ServingModel:
             pulled = pull_rows(self.scorer.params, [(user, np.ones(user.size, dtype=bool)), (ctx_ids, ctx_valid),
                                                     (recent_ids, recent_valid)], slots.dim)
             u, ctx, rec = pulled.fields
-            recent_mean = masked_mean(rec, torch.from_numpy(recent_valid))
+            recent_mean = recent_summary(rec, torch.from_numpy(recent_valid))
             context_mean = masked_mean(ctx, torch.from_numpy(ctx_valid))
             return UserSide(u, recent_mean, context_mean, self.model.user_vector_from(u, recent_mean, context_mean))
 
@@ -73,7 +73,7 @@ class ServingModel:
 
     def score_rows(self, sides: UserSide, rows: np.ndarray, item_fids: np.ndarray,
                    categories: Sequence[str | None], dense: np.ndarray) -> np.ndarray:
-        """Click probabilities ``(n,)`` of ``n`` (user, item) pairs: user ``rows[i]`` of ``sides`` with
+        """Ranking scores ``(n,)`` (:meth:`RecModel.ranking_logit` through a sigmoid) of ``n`` (user, item) pairs: user ``rows[i]`` of ``sides`` with
         item ``item_fids[i]`` -- the candidates of several requests in one pass of the ranking head."""
         slots, n = self.scorer.slots, len(item_fids)
         cats = np.array(["" if c is None else str(c) for c in categories] or [""], dtype=str)[:n]
@@ -87,16 +87,16 @@ class ServingModel:
             logits = self.model.rank_logits(sides.user[r], sides.recent_mean[r], sides.context_mean[r],
                                             sides.vector[r], items, cat_rows, v,
                                             torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)))
-            return torch.sigmoid(logits[:, 0]).numpy()
+            return torch.sigmoid(self.model.ranking_logit(logits, sides.vector[r], v)).numpy()
 
     def score_with(self, side: UserSide, item_fids: np.ndarray, categories: Sequence[str | None],
                    dense: np.ndarray) -> np.ndarray:
-        """Click probabilities ``(n,)`` of ``n`` candidate items (by feature ID) for the one user of ``side``."""
+        """Ranking scores ``(n,)`` of ``n`` candidate items (by feature ID) for the one user of ``side``."""
         return self.score_rows(side, np.zeros(len(item_fids), dtype=np.int64), item_fids, categories, dense)
 
     def score_candidates(self, user_id: str, recent: Sequence[str], context: Mapping[str, Any] | None,
                          item_fids: np.ndarray, categories: Sequence[str | None], dense: np.ndarray) -> np.ndarray:
-        """Click probabilities ``(n,)`` of one user with ``n`` candidate items given by feature ID.
+        """Ranking scores ``(n,)`` of one user with ``n`` candidate items given by feature ID.
 
         The same numbers as ``Scorer.score_many(ExampleBatch.for_scoring(...))``, but the user's
         fields (user row, recent items, context) are mapped, pulled and run through the user tower
@@ -107,7 +107,8 @@ class ServingModel:
 
 @dataclass(frozen=True)
 class UserSide:
-    """The users' tensors of one batch of requests: ``(B, d)`` rows and means, ``(B, D)`` tower vectors."""
+    """The users' tensors of one batch of requests: ``(B, d)`` rows and means, ``(B, 2d)`` recent-item
+    summaries (:func:`rtrec.recipe.model.recent_summary`), ``(B, D)`` tower vectors."""
 
     user: torch.Tensor
     recent_mean: torch.Tensor

@@ -5,12 +5,12 @@
     the user's recent items (Redis) -> user vector (user tower over the mirror) -> top-N by FAISS
       -> the best ``ranked`` not blocked -> the user's and items' real-time features and the
          items' categories (Redis, ONE round trip: :func:`features.realtime.read_realtime`,
-         the same definition the trainer reads) -> ranking head (click probability)
+         the same definition the trainer reads) -> ranking head and towers (RecModel.ranking_logit)
       -> rules: drop excluded and already-acted-on items, cap items per category,
          reserve a few slots for new items (exploration) -> top k
 
-A user without a row in the mirror gets the cold-start list: trending items, then popular ones,
-minus excluded and already-seen items. :func:`apply_rules` does no I/O and is tested on its own.
+A user with neither a row in the mirror nor recent items gets the cold-start list: trending items,
+then popular ones, minus excluded and already-seen items. :func:`apply_rules` does no I/O and is tested on its own.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from features.ids import feature_ids
 from features.reader import FeatureReader
 from features.realtime import (ITEM_COUNTS, RealtimeReads, read_realtime, read_realtime_async, read_realtime_many,
                                read_realtime_many_async)
+from rtrec.recipe.examples import RECENT_FOR_TOWER, ModelSlots
 from serving.catalog import ItemCatalog
 from serving.index import ItemIndex
 from serving.mirror import ParamMirror
 from serving.model_state import ModelHolder, ServingModel, UserSide
-from rtrec.recipe.examples import ModelSlots
 
-__all__ = ["Ask", "RankingConfig", "Recommendation", "Recommender", "apply_rules"]
+__all__ = ["Ask", "RankingConfig", "Recommendation", "Recommender", "apply_rules", "explanation"]
 
 
 @dataclass(frozen=True)
@@ -49,18 +49,16 @@ class RankingConfig:
             (relaxed only when too few items remain to fill ``k``).
         explore_share: share of the ``k`` slots (rounded down) given to new items -- candidates
             without an impression in the last 24 h -- with the best scores among them.
-        recent_for_tower: the user's most recent items fed to the user tower.
     """
 
     candidates: int = 300
     ranked: int = 50
     max_category_share: float = 0.3
     explore_share: float = 0.1
-    recent_for_tower: int = 20
 
     def __post_init__(self) -> None:
-        if not 1 <= self.ranked <= self.candidates or self.recent_for_tower < 0:
-            raise ValueError("need 1 <= ranked <= candidates and recent_for_tower >= 0")
+        if not 1 <= self.ranked <= self.candidates:
+            raise ValueError("need 1 <= ranked <= candidates")
         if not 0 < self.max_category_share <= 1 or not 0 <= self.explore_share < 1:
             raise ValueError("max_category_share must be in (0, 1] and explore_share in [0, 1)")
 
@@ -73,6 +71,7 @@ class Recommendation:
     cold_start: bool
     user_vector: np.ndarray | None = None
     categories: list[str | None] | None = None  # of ``items``, where ranking knew them
+    explain: dict[str, Any] | None = None  # only when the ask wanted it: see :func:`explanation`
 
 
 def apply_rules(names: Sequence[str], scores: np.ndarray, categories: Sequence[str | None],
@@ -113,6 +112,21 @@ def apply_rules(names: Sequence[str], scores: np.ndarray, categories: Sequence[s
             chosen.append(i)
             taken.add(i)
     return chosen[:k]
+
+
+def explanation(cold_start: bool, retrieved: Sequence[str], ranked: Sequence[str],
+                blocked: set[str]) -> dict[str, Any]:
+    """What a request went through, for ``"explain": true`` (diagnosis of the deployed system).
+
+    ``retrieved``: the named, unblocked candidates FAISS returned, best first; ``ranked``: those the
+    ranking head scored, in head-score order (before the rules); ``blocked``: excluded and
+    already-acted-on items, sorted. A cold-start request retrieves and ranks nothing.
+
+    >>> explanation(False, ["a", "b", "c"], ["b", "a"], {"z"})
+    {'cold_start': False, 'retrieved': ['a', 'b', 'c'], 'ranked': ['b', 'a'], 'blocked': ['z']}
+    """
+    return {"cold_start": cold_start, "retrieved": list(retrieved), "ranked": list(ranked),
+            "blocked": sorted(blocked)}
 
 
 class Recommender:
@@ -159,10 +173,10 @@ class Recommender:
         return self._finish_many(plans, ranked, reads, top)
 
     def score(self, user_id: str, item_ids: Sequence[str], context: Mapping[str, Any] | None) -> np.ndarray:
-        """Click probabilities of the given items for the user, in order (unknown IDs score as zero rows)."""
+        """Ranking scores (RecModel.ranking_logit, in (0, 1)) of the given items for the user, in order (unknown IDs score as zero rows)."""
         if not item_ids:
             return np.empty(0, dtype=np.float32)
-        recent = self.reader.recent_items(user_id)[: self.config.recent_for_tower]
+        recent = self.reader.recent_items(user_id)[:RECENT_FOR_TOWER]
         reads = read_realtime(self.reader, [user_id], list(item_ids), categories=True)
         return self._score(user_id, recent, item_ids, context, reads)
 
@@ -171,7 +185,7 @@ class Recommender:
         """:meth:`score` that leaves the event loop free while Redis answers."""
         if not item_ids:
             return np.empty(0, dtype=np.float32)
-        recent = (await self.reader.recent_items_many_async([user_id]))[0][: self.config.recent_for_tower]
+        recent = (await self.reader.recent_items_many_async([user_id]))[0][:RECENT_FOR_TOWER]
         reads = await read_realtime_async(self.reader, [user_id], list(item_ids), categories=True)
         return self._score(user_id, recent, item_ids, context, reads)
 
@@ -191,7 +205,7 @@ class Recommender:
         """Recently served users nearest to ``user_id`` by user-tower vector; None if the user is not synced."""
         if not self.user_known(user_id):
             return None
-        recent = self.reader.recent_items(user_id)[: self.config.recent_for_tower]
+        recent = self.reader.recent_items(user_id)[:RECENT_FOR_TOWER]
         query = self.holder.current.scorer.embed_users([user_id], [recent])[0]
         return [(n, s) for n, s in users.nearest(query, k + 1) if n != user_id][:k]
 
@@ -209,12 +223,14 @@ class Recommender:
         the named candidates of every request."""
         blocked = [set(a.exclude) | set(s) for a, s in zip(asks, seen)]
         known = self.mirror.contains(feature_ids(self.slots.user, [a.user_id for a in asks]))
+        # the user tower reads the user's recent items too: a user without a row yet (not admitted,
+        # not synced) but with recent items is served by the model, not the cold-start list
+        warm = np.flatnonzero(known | np.array([bool(s) for s in seen], dtype=bool)).tolist()
         plans = [_Plan(a, b, cold_start=True) for a, b in zip(asks, blocked)]
-        warm = np.flatnonzero(known).tolist()
         if not warm:
             return plans
         model = self.holder.current
-        recents = [seen[i][: self.config.recent_for_tower] for i in warm]
+        recents = [seen[i][:RECENT_FOR_TOWER] for i in warm]
         sides = model.user_sides([asks[i].user_id for i in warm], recents, [asks[i].context for i in warm])
         vectors = sides.vector.numpy()
         depth = min(self.config.candidates, 2 * self.config.ranked) + max(len(blocked[i]) for i in warm)
@@ -224,9 +240,10 @@ class Recommender:
             if blocked[i]:
                 fids = fids[~np.isin(fids, self.catalog.feature_ids(sorted(blocked[i])))]
             named = [(f, n) for f, n in zip(fids.tolist(), self.catalog.names(fids)) if n is not None]
+            retrieved = [n for _, n in named] if asks[i].explain else []
             named = named[: self.config.ranked]
             plans[i] = _Plan(asks[i], blocked[i], not named, vectors[row], model, sides, row,
-                             np.array([f for f, _ in named], dtype=np.uint64), [n for _, n in named])
+                             np.array([f for f, _ in named], dtype=np.uint64), [n for _, n in named], retrieved)
         return plans
 
     def _finish_many(self, plans: list["_Plan"], ranked: list["_Plan"], reads: list[RealtimeReads],
@@ -238,7 +255,8 @@ class Recommender:
         for plan in plans:
             if plan.cold_start:
                 items = self._cold_start(plan.k, plan.blocked, lambda name, _: top[name])
-                out.append(Recommendation(items, True, plan.user_vector))
+                why = explanation(True, [], [], plan.blocked) if plan.ask.explain else None
+                out.append(Recommendation(items, True, plan.user_vector, explain=why))
             else:
                 out.append(self._rules(plan, *scored[id(plan)]))
         return out
@@ -263,8 +281,13 @@ class Recommender:
         cap = max(1, math.ceil(self.config.max_category_share * plan.k))
         explore = int(self.config.explore_share * plan.k)
         picked = apply_rules(plan.names, scores, categories, is_new, plan.blocked, plan.k, cap, explore)
+        why = None
+        if plan.ask.explain:
+            order = np.argsort(-np.asarray(scores), kind="stable")  # as apply_rules orders them
+            why = explanation(False, plan.retrieved, [plan.names[i] for i in order], plan.blocked)
         return Recommendation([(plan.names[i], float(scores[i])) for i in picked], cold_start=False,
-                              user_vector=plan.user_vector, categories=[categories[i] for i in picked])
+                              user_vector=plan.user_vector, categories=[categories[i] for i in picked],
+                              explain=why)
 
     def _score(self, user_id: str, recent: list[str], item_ids: Sequence[str], context: Mapping[str, Any] | None,
                reads: RealtimeReads) -> np.ndarray:
@@ -297,6 +320,7 @@ class Ask:
     k: int
     context: Mapping[str, Any] | None = None
     exclude: Sequence[str] = ()
+    explain: bool = False  # also say what retrieval, ranking and the rules did (Recommendation.explain)
 
 
 @dataclass(frozen=True)
@@ -312,6 +336,7 @@ class _Plan:
     side_row: int = 0
     fids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     names: list[str] = field(default_factory=list)
+    retrieved: list[str] = field(default_factory=list)  # every named candidate, kept only to explain
 
     @property
     def user_id(self) -> str:

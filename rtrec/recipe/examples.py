@@ -114,6 +114,11 @@ class ExampleBatch:
         heads: names of the label columns.
         dense: ``float32 (B, F)`` real-time features, or None (the trainer uses zeros).
         sample_p: ``float32 (B,)`` the negative sampler's probability of each row's item, or None.
+        noise_log_q: ``float32 (B,)`` ``log(k P(j))`` on the rows of a positive-only batch and its
+            ``k`` sampled negatives per positive, 0 on impression rows, or None: the ranking
+            loss subtracts it from the logits (noise-contrastive estimation), so on positive-only
+            streams the head learns ``log p(item | user)`` rather than a ratio to the sampler.
+        replayed: ``bool (B,)``, True for rows trained again by experience replay, or None.
         sampled: ``bool (B,)``, True for rows drawn by a negative sampler (never softmax positives).
     """
 
@@ -128,6 +133,8 @@ class ExampleBatch:
     heads: tuple[str, ...] = DEFAULT_HEADS
     dense: np.ndarray | None = None
     sample_p: np.ndarray | None = None
+    noise_log_q: np.ndarray | None = None
+    replayed: np.ndarray | None = None
     sampled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -142,7 +149,7 @@ class ExampleBatch:
                 raise ValueError(f"{name} must be ({n}, width), got {np.shape(getattr(self, name))}")
         if self.dense is not None and (np.ndim(self.dense) != 2 or len(self.dense) != n):
             raise ValueError(f"dense must be ({n}, F), got {np.shape(self.dense)}")
-        for name in ("sample_p", "sampled"):
+        for name in ("sample_p", "noise_log_q", "replayed", "sampled"):
             if getattr(self, name) is not None and np.shape(getattr(self, name)) != (n,):
                 raise ValueError(f"{name} must have shape ({n},), got {np.shape(getattr(self, name))}")
 
@@ -253,7 +260,8 @@ class ExampleBatch:
         return replace(self, users=self.users[rows], items=self.items[rows],
                        categories=self.categories[rows], context=self.context[rows],
                        recent=self.recent[rows], labels=self.labels[rows], weights=self.weights[rows],
-                       ts=self.ts[rows], dense=pick(self.dense), sample_p=pick(self.sample_p),
+                       ts=self.ts[rows], dense=pick(self.dense), sample_p=pick(self.sample_p), noise_log_q=pick(self.noise_log_q),
+                       replayed=pick(self.replayed),
                        sampled=pick(self.sampled))
 
     @classmethod
@@ -283,6 +291,7 @@ class ExampleBatch:
             weights=np.concatenate([b.weights for b in batches]),
             ts=np.concatenate([b.ts for b in batches]), heads=heads,
             dense=optional("dense", 0.0), sample_p=optional("sample_p", 0.0),
+            noise_log_q=optional("noise_log_q", 0.0), replayed=optional("replayed", False),
             sampled=optional("sampled", False))
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from param_server.hash_index import mix64
 from rtrec.recipe.examples import ExampleBatch
 
-__all__ = ["ItemFrequency", "NegativeSampler", "add_sampled_negatives"]
+__all__ = ["ItemFrequency", "NegativeSampler", "add_sampled_negatives", "add_softmax_candidates"]
 
 
 def _decay_per_step(half_life_steps: float) -> float:
@@ -157,6 +157,15 @@ class NegativeSampler:
         index = np.searchsorted(cdf, self.rng.random(n) * cdf[-1], side="right") if n else np.zeros(0, np.int64)
         return np.minimum(index, len(self._items) - 1)
 
+    def probability_of(self, items: np.ndarray) -> np.ndarray:
+        """``P(j)`` of raw item IDs; 0 for items the sampler never saw."""
+        index = np.array([self._index.get(i, -1) for i in np.asarray(items).astype(str).tolist()], dtype=np.int64)
+        out = np.zeros(index.size, dtype=np.float64)
+        if len(self._items):
+            known = index >= 0
+            out[known] = self.probability(index[known])
+        return out
+
     def categories_of(self, index: np.ndarray) -> np.ndarray:
         return np.array(self._categories, dtype=str)[index]
 
@@ -195,4 +204,29 @@ def add_sampled_negatives(batch: ExampleBatch, sampler: NegativeSampler, k: int 
     stream = replace(batch, items=batch.items.astype(str), sampled=stream_sampled, sample_p=None)
     out = ExampleBatch.concat([stream, negatives])
     index = np.concatenate([stream_index, neg_index])
-    return replace(out, sample_p=sampler.probability(index).astype(np.float32))
+    p = sampler.probability(index)
+    return replace(out, sample_p=p.astype(np.float32),
+                   noise_log_q=np.log(np.maximum(k * p, 1e-30)).astype(np.float32) if k else None)
+
+
+def add_softmax_candidates(batch: ExampleBatch, sampler: NegativeSampler, m: int) -> ExampleBatch:
+    """The batch plus ``m`` items drawn from ``sampler`` that serve only as candidates of the towers' softmax.
+
+    The rows have weight 0 and unknown labels (no ranking loss, never a softmax positive), so they
+    widen the softmax from the batch's own items to a shared sample of the catalogue (mixed
+    negative sampling, Yang et al. 2020); ``sample_p`` is set on every row for the log-Q term.
+    """
+    if m <= 0 or not len(sampler):
+        return batch
+    index = sampler.sample_index(m)
+    pick = np.zeros(m, dtype=np.int64)  # the candidate rows borrow the first row's user and context
+    extra = batch.take(pick)
+    extra = replace(extra, items=np.array(sampler._items, dtype=str)[index], categories=sampler.categories_of(index),
+                    noise_log_q=None if extra.noise_log_q is None else np.zeros(m, dtype=np.float32),
+                    labels=np.full_like(extra.labels, np.nan), weights=np.zeros(m, dtype=np.float32),
+                    sampled=np.ones(m, dtype=bool), sample_p=None,
+                    dense=None if extra.dense is None else np.zeros_like(extra.dense))
+    base = replace(batch, items=batch.items.astype(str), sample_p=None,
+                   sampled=batch.sampled if batch.sampled is not None else np.zeros(len(batch), dtype=bool))
+    out = ExampleBatch.concat([base, extra])
+    return replace(out, sample_p=sampler.probability_of(out.items).astype(np.float32))

@@ -21,6 +21,7 @@ features are absent.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
@@ -31,12 +32,22 @@ from features.realtime import read_realtime_features
 from rtrec.events import Event
 from rtrec.recipe.examples import RECENT_FOR_TOWER, ExampleBatch, RecentItems, labels_of
 from rtrec.recipe.joiner import DEFAULT_LABEL_ACTIONS, POSITIVE_ONLY_ACTIONS, LabelledExample
-from rtrec.recipe.negatives import NegativeSampler, add_sampled_negatives
+from rtrec.recipe.negatives import NegativeSampler, add_sampled_negatives, add_softmax_candidates
 from rtrec.recipe.trainer import OnlineTrainer, TrainStats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PointInTime", "TrainingStep"]
+__all__ = ["PointInTime", "TrainingStep", "SOFTMAX_CANDIDATES"]
+
+#: Items drawn from the negative sampler per batch as extra candidates of the towers' softmax.
+SOFTMAX_CANDIDATES = 512
+#: Experience replay: up to this many earlier example batches, drawn from the last
+#: ``REPLAY_WINDOW``, are trained again with each new one while the step stays under
+#: ``REPLAY_MAX_ROWS`` rows -- small live batches leave the trainer idle, a burst of large ones
+#: (catching up on lag) trains only the new examples.
+REPLAY_BATCHES = 2
+REPLAY_WINDOW = 200
+REPLAY_MAX_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,13 @@ class TrainingStep:
 
     def __init__(self, trainer: OnlineTrainer, negatives_per_positive: int = 4,
                  recent: RecentItems | None = None, sampler: NegativeSampler | None = None,
-                 reader: FeatureReader | None = None) -> None:
+                 reader: FeatureReader | None = None, softmax_candidates: int = SOFTMAX_CANDIDATES,
+                 replay_batches: int = REPLAY_BATCHES, seed: int = 0) -> None:
         self.trainer = trainer
+        self.softmax_candidates = softmax_candidates
+        self.replay_batches = replay_batches
+        self._replay: deque[ExampleBatch] = deque(maxlen=REPLAY_WINDOW)
+        self._rng = np.random.default_rng(seed)
         self.reader = reader
         self.negatives_per_positive = negatives_per_positive
         self.recent = recent or RecentItems(size=RECENT_FOR_TOWER)
@@ -88,7 +104,9 @@ class TrainingStep:
             batches.append(self._with_negatives(positives))
         if not batches:
             return None
-        return batches[0] if len(batches) == 1 else ExampleBatch.concat(batches)
+        batch = batches[0] if len(batches) == 1 else ExampleBatch.concat(batches)
+        batch = self._with_replay(batch)
+        return add_softmax_candidates(batch, self.sampler, self.softmax_candidates)
 
     def fit(self, batch: ExampleBatch, offsets: Mapping[str, Mapping[int, int]] | None = None) -> TrainStats:
         """One trainer update; ``offsets`` travel with the push into parameter-server snapshots."""
@@ -101,6 +119,22 @@ class TrainingStep:
         return None if batch is None else self.fit(batch, offsets)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _with_replay(self, batch: ExampleBatch) -> ExampleBatch:
+        """``batch`` plus earlier batches drawn from the replay window (see :data:`REPLAY_BATCHES`)."""
+        past: list[ExampleBatch] = []
+        rows = len(batch)
+        if self._replay and self.replay_batches > 0:
+            for k in self._rng.integers(len(self._replay), size=self.replay_batches).tolist():
+                if rows + len(self._replay[k]) > REPLAY_MAX_ROWS:
+                    break
+                past.append(self._replay[k])
+                rows += len(self._replay[k])
+        self._replay.append(batch)
+        if not past:
+            return batch
+        fresh = replace(batch, replayed=np.zeros(len(batch), dtype=bool))
+        return ExampleBatch.concat([fresh, *(replace(b, replayed=np.ones(len(b), dtype=bool)) for b in past)])
 
     def _batch(self, examples: Sequence[LabelledExample], labels: np.ndarray) -> ExampleBatch:
         inputs = [x.features if isinstance(x.features, PointInTime) else None for x in examples]

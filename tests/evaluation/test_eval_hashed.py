@@ -20,7 +20,7 @@ def test_store_with_hash_buckets_keeps_at_most_that_many_rows_and_mirror_reads_t
     tables = hashed_tables(5)
     store, mirror = ParamStore(tables), ParamMirror(tables)
     items = feature_ids(2, [str(n) for n in range(50)])
-    store.push_many(items, np.ones((50, 16), dtype=np.float32), ts=1.0)
+    store.push_many(items, np.ones((50, 32), dtype=np.float32), ts=1.0)
     assert len(store.tables["item_id"].index) <= 5
     mirror.apply(store.delta(mirror.version))
     assert mirror.contains(items).all()
@@ -30,5 +30,5 @@ def test_store_with_hash_buckets_keeps_at_most_that_many_rows_and_mirror_reads_t
 def test_unhashed_tables_are_untouched() -> None:
     store = ParamStore()
     items = feature_ids(2, [str(n) for n in range(50)])
-    store.push_many(items, np.ones((50, 16), dtype=np.float32), ts=1.0)
+    store.push_many(items, np.ones((50, 32), dtype=np.float32), ts=1.0)
     assert len(store.tables["item_id"].index) == 50

@@ -74,5 +74,5 @@ def test_streams_with_impressions_report_the_ranking_heads_auc_and_log_loss() ->
     sim = SimulatorConfig(users=30, items=80, categories=4, seed=1, shift_fraction=0.0, trending_items=0)
     events = ClickSimulator(sim, run_id="eval").requests(300, 1.7e9, 1.7e9 + 600.0)
     result = run_prequential(events, EvalConfig(variants=("model",)))
-    head = result.labelled.summary()
+    head = result.labelled.summary()["model"]
     assert head["examples"] > 0 and 0.0 <= head["auc"] <= 1.0 and head["log_loss"] > 0.0

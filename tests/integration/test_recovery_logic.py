@@ -154,7 +154,7 @@ def test_shard_subset_pushes_only_to_kept_shards() -> None:
     subset = ShardSubset(ShardedClient(stores), frozenset({1}))
     ids = np.arange(1, 200, dtype=np.uint64) | np.uint64(USER_SLOT << 56)
     assert (slot_of(ids) == USER_SLOT).all()
-    subset.push_many(ids, np.ones((ids.size, 16), dtype=np.float32), ts=1.0)
+    subset.push_many(ids, np.ones((ids.size, 32), dtype=np.float32), ts=1.0)
     assert len(stores[0].tables["user_id"]) == 0
     assert len(stores[1].tables["user_id"]) > 0
 

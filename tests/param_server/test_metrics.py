@@ -19,13 +19,13 @@ def test_rows_admissions_evictions_and_version_follow_the_store() -> None:
     registry = CollectorRegistry()
     ParamServerMetrics(registry, store)
     items = feature_ids(2, [f"i{k}" for k in range(5)])
-    store.push_many(items, np.ones((5, 16), np.float32), ts=1.0)
+    store.push_many(items, np.ones((5, 32), np.float32), ts=1.0)
     assert sample(registry, "rtrec_param_server_table_rows", table="item_id", slot="2") == 5
     assert sample(registry, "rtrec_param_server_admissions_total", table="item_id") == 5
     users = feature_ids(1, ["u1"])
-    store.push_many(users, np.ones((1, 16), np.float32), ts=2.0)  # user_id admits on the 2nd sighting
+    store.push_many(users, np.ones((1, 32), np.float32), ts=2.0)  # user_id admits on the 2nd sighting
     assert sample(registry, "rtrec_param_server_table_rows", table="user_id", slot="1") == 0
-    store.push_many(users, np.ones((1, 16), np.float32), ts=3.0)
+    store.push_many(users, np.ones((1, 32), np.float32), ts=3.0)
     assert sample(registry, "rtrec_param_server_table_rows", table="user_id", slot="1") == 1
     assert sample(registry, "rtrec_param_server_version") == store.version
     store.expire(now=1.0 + 31 * 86400)

@@ -80,6 +80,6 @@ def test_any_well_formed_request_gets_an_answer_and_never_an_internal_error(serv
 
 def test_the_store_still_serves_after_the_fuzzing(server: ServerThread) -> None:
     with ParamServerClient(server.host, server.port) as client:
-        client.push_many(real_ids, np.ones((real_ids.size, 16), dtype=np.float32), ts=1.0)
-        assert client.pull_many(real_ids).shape == (real_ids.size, 16)
+        client.push_many(real_ids, np.ones((real_ids.size, 32), dtype=np.float32), ts=1.0)
+        assert client.pull_many(real_ids).shape == (real_ids.size, 32)
         assert isinstance(client.stats()["version"], int)

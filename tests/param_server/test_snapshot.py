@@ -28,7 +28,7 @@ def busy_store(directory: Path) -> ParamStore:
     users, items = feature_ids(1, np.arange(300)), feature_ids(2, np.arange(500))
     for step in range(5):
         for ids in (users[rng.integers(0, 300, 400)], items[rng.zipf(1.2, 400) % 500]):
-            store.push_many(ids, rng.standard_normal((ids.size, 16)).astype(np.float32),
+            store.push_many(ids, rng.standard_normal((ids.size, 32)).astype(np.float32),
                             ts=1.7e9 + 20 * 86_400 * step, offsets={"actions": {step % 4: 100 * step}})
     store.push_dense({"head.w": rng.standard_normal((16, 4))})
     return store
@@ -60,7 +60,7 @@ def test_restored_store_trains_on_exactly_like_the_original(tmp_path: Path) -> N
     store = busy_store(tmp_path)
     restored = ParamStore.from_state(*read_snapshot(store.snapshot()), DEFAULT_TABLES)
     ids = feature_ids(1, np.arange(350))  # known, pending and new users
-    g = np.ones((ids.size, 16), dtype=np.float32)
+    g = np.ones((ids.size, 32), dtype=np.float32)
     for s in (store, restored):
         s.push_many(ids, g, ts=1.8e9)
     assert store.pull_many(ids).tobytes() == restored.pull_many(ids).tobytes()
@@ -105,7 +105,7 @@ def test_main_prints_one_ready_line_stops_fast_on_sigterm_and_restores(tmp_path:
         host, port = ready["param_server"].rsplit(":", 1)
         ids = feature_ids(2, ["a", "b"])
         with ParamServerClient(host, int(port)) as client:
-            client.push_many(ids, np.ones((2, 16), np.float32), ts=1.0, offsets={"actions": {0: 42}})
+            client.push_many(ids, np.ones((2, 32), np.float32), ts=1.0, offsets={"actions": {0: 42}})
             rows = client.pull_many(ids)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -68,8 +68,8 @@ def test_one_pull_and_one_push_touch_only_the_batch_ids() -> None:
     bystanders = _impressions(64, users=50, items=50, seed=9)
     bystanders = bystanders.take(np.isin(bystanders.items, [f"i{j}" for j in range(20, 50)]))
     bystander_ids = np.array(sorted(_batch_ids(bystanders) - _batch_ids(_impressions(64))), dtype=np.uint64)
-    store.push_many(bystander_ids, np.ones((bystander_ids.size, 16), dtype=np.float32), ts=1.0)
-    store.push_many(bystander_ids, np.ones((bystander_ids.size, 16), dtype=np.float32), ts=1.0)  # admit users
+    store.push_many(bystander_ids, np.ones((bystander_ids.size, 32), dtype=np.float32), ts=1.0)
+    store.push_many(bystander_ids, np.ones((bystander_ids.size, 32), dtype=np.float32), ts=1.0)  # admit users
     before = store.pull_many(bystander_ids)
     recording = RecordingStore(store)
     trainer = OnlineTrainer(recording)
@@ -82,7 +82,7 @@ def test_one_pull_and_one_push_touch_only_the_batch_ids() -> None:
     pushed, grads = recording.pushes[0]
     assert np.unique(pushed).size == pushed.size, "gradients must be summed per unique ID"
     assert set(pushed.tolist()) == _batch_ids(batch) == set(recording.pulls[0].tolist())
-    assert grads.shape == (pushed.size, 16) and np.abs(grads).sum() > 0
+    assert grads.shape == (pushed.size, 32) and np.abs(grads).sum() > 0
     changed = {i for delta in store.delta(since).tables.values() for i in delta.ids.tolist()}
     assert changed <= _batch_ids(batch)
     assert np.array_equal(store.pull_many(bystander_ids), before)

@@ -29,9 +29,9 @@ def tower_vectors(n_items: int, n_users: int, seed: int) -> tuple[np.ndarray, np
     model, rng = RecModel(), np.random.default_rng(seed)
     rows = lambda *shape: torch.from_numpy(rng.normal(0, 0.1, shape).astype(np.float32))  # noqa: E731
     with torch.no_grad():
-        items = model.item_vectors(rows(n_items, 16), rows(n_items, 16)).numpy()
-        users = model.user_vectors(rows(n_users, 16), rows(n_users, 5, 16), torch.ones(n_users, 5),
-                                   rows(n_users, 1, 16), torch.ones(n_users, 1)).numpy()
+        items = model.item_vectors(rows(n_items, 32), rows(n_items, 32)).numpy()
+        users = model.user_vectors(rows(n_users, 32), rows(n_users, 5, 32), torch.ones(n_users, 5),
+                                   rows(n_users, 1, 32), torch.ones(n_users, 1)).numpy()
     return items, users
 
 

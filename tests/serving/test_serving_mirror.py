@@ -51,13 +51,13 @@ def test_evicted_rows_leave_the_mirror(trained: Trained) -> None:
 def test_full_delta_replaces_the_table() -> None:
     mirror = ParamMirror()
     ids = np.array([2 << 56 | 1, 2 << 56 | 2], dtype=np.uint64)
-    rows = np.ones((2, 16), dtype=np.float32)
+    rows = np.ones((2, 32), dtype=np.float32)
     empty = np.empty(0, dtype=np.uint64)
     mirror.apply(Delta(1, {"item_id": TableDelta(ids, rows, empty)}))
     applied = mirror.apply(Delta(2, {"item_id": TableDelta(ids[1:], 2 * rows[1:], empty, full=True)}))
     assert applied.removed["item_id"].tolist() == ids[:1].tolist()
     assert mirror.contains(ids).tolist() == [False, True]
-    assert mirror.pull_many(ids)[1].tolist() == [2.0] * 16
+    assert mirror.pull_many(ids)[1].tolist() == [2.0] * 32
 
 
 def test_index_upsert_replaces_and_remove_forgets() -> None:
@@ -104,7 +104,7 @@ def test_serving_fast_paths_equal_the_scorer(trained: Trained) -> None:
     dense = np.random.default_rng(0).random((4, 8)).astype(np.float32)
     fast = model.score_candidates("u3", recent, context, serving.recommender.catalog.feature_ids(items), cats, dense)
     batch = ExampleBatch.for_scoring(["u3"] * 4, items, cats, [context] * 4, [recent] * 4, dense)
-    np.testing.assert_allclose(fast, reference.score_many(batch)[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast, reference.rank_many(batch), rtol=1e-5, atol=1e-6)
     vectors = model.item_vectors(serving.recommender.catalog.feature_ids(items), cats)
     np.testing.assert_allclose(vectors, reference.embed_items(items, cats), rtol=1e-5, atol=1e-6)
     side = model.user_side("u3", recent, context)
@@ -121,10 +121,10 @@ def test_a_shard_restarted_from_its_snapshot_is_copied_whole(trained: Trained) -
     arrays, meta = store.export_state()  # the snapshot
     items = next(iter(t for n, t in store.tables.items() if n == "item_id")).delta(0).ids[:20]
     for _ in range(3):  # trained after the snapshot, seen by serving, then lost with the crash
-        store.push_many(items, np.ones((items.size, 16), dtype=np.float32), ts=T0 + 10**6)
+        store.push_many(items, np.ones((items.size, 32), dtype=np.float32), ts=T0 + 10**6)
     serving.sync.sync_once()
     restored = ParamStore.from_state(arrays, meta, store.configs)
-    restored.push_many(items[:2], np.ones((2, 16), dtype=np.float32), ts=T0 + 10**6)  # the replay begins
+    restored.push_many(items[:2], np.ones((2, 32), dtype=np.float32), ts=T0 + 10**6)  # the replay begins
     serving.sync.params = restored  # the same address, a new process
     serving.sync.sync_once()
     assert_mirror_equals_store(serving.sync.mirror, restored)

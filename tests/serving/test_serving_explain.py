@@ -1,0 +1,75 @@
+"""``/recommend`` with ``"explain": true``: what retrieval, ranking and the rules did, for diagnosis
+(benchmarks/live_quality.py); the default response stays as CONTRACT.md describes it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from features.config import FeatureConfig
+from features.reader import FeatureReader
+from features.writer import FeatureWriter
+from serving.api import create_app
+from serving.main import build_serving
+from serving_fixtures import make_trained
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def app(redis_url: str) -> Iterator[tuple[TestClient, str]]:
+    """Serving over a trained store and its events' features; yields the client and an active user."""
+    trained = make_trained()
+    client = redis.Redis.from_url(redis_url)
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+    writer = FeatureWriter(client, config)
+    events = sorted(trained.events, key=lambda e: e.ts)
+    for lo in range(0, len(events), 500):
+        writer.write_many(events[lo:lo + 500])
+    serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_every=1,
+                            send_impression=lambda _: None)
+    serving.sync.sync_once()
+    clicks = [e.user_id for e in trained.events if e.action == "click"]
+    with TestClient(create_app(serving)) as http:
+        yield http, max(set(clicks), key=clicks.count)
+    if serving.impressions is not None:
+        serving.impressions.close()
+    client.close()
+
+
+def post(http: TestClient, body: dict) -> dict:
+    response = http.post("/recommend", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_explain_says_what_each_stage_kept(app: tuple[TestClient, str]) -> None:
+    http, user = app
+    exclude = post(http, {"user_id": user, "k": 3})["items"][0]["item_id"]
+    body = post(http, {"user_id": user, "k": 10, "exclude": [exclude], "explain": True})
+    why, served = body["explain"], [it["item_id"] for it in body["items"]]
+    assert why["cold_start"] is False
+    assert why["ranked"] and set(why["ranked"]) <= set(why["retrieved"])
+    assert set(served) <= set(why["ranked"])  # the list is made of scored candidates
+    assert exclude in why["blocked"] and exclude not in why["retrieved"]
+    assert not set(why["blocked"]) & set(why["ranked"])
+    scores = {it["item_id"]: it["score"] for it in body["items"]}
+    by_head = [name for name in why["ranked"] if name in scores]  # head order agrees with the scores
+    assert [scores[n] for n in by_head] == sorted(scores.values(), reverse=True)
+
+
+def test_explain_marks_the_cold_start_list(app: tuple[TestClient, str]) -> None:
+    http, _ = app
+    why = post(http, {"user_id": "never-seen-explain", "k": 5, "explain": True})["explain"]
+    assert why == {"cold_start": True, "retrieved": [], "ranked": [], "blocked": []}
+
+
+def test_the_default_response_has_no_explain(app: tuple[TestClient, str]) -> None:
+    http, user = app
+    for body in ({"user_id": user, "k": 5}, {"user_id": user, "k": 5, "explain": False}):
+        assert set(post(http, body)) == {"request_id", "model_version", "items"}
