@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     max_event_ahead_s: float = Field(
         DEFAULT_MAX_EVENT_AHEAD_S, ge=0,
         description="Events stamped more than this many seconds after the wall clock are dead-lettered.")
+    replay_batches: int = Field(
+        2, ge=0, description="Earlier example batches trained again with each small new one (experience replay; 0 = off).")
     torch_threads: int = Field(1, ge=1, description="CPU threads torch may use in a worker or serving process.")
     data_dir: Path = Field(Path(".rtrec-data"), description="Scratch folder of a worker (Faust's data dir).")
 

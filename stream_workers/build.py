@@ -42,7 +42,7 @@ def build_pipeline(settings: Settings, train: bool = True, *, params: Any | None
         if remote:
             params = ShardedClient.connect(settings.param_server_addrs, settings.ps_token)
         step = TrainingStep(OnlineTrainer(params, registry=registry, seed=seed), reader=FeatureReader(client),
-                            sampler=NegativeSampler(seed=seed))
+                            sampler=NegativeSampler(seed=seed), replay_batches=settings.replay_batches, seed=seed)
         if remote:
             recovery = Recovery(step, joiner, KafkaRangeReader(settings.kafka))
     return BatchPipeline(writer, joiner, step, recovery, settings.max_event_ahead_s)

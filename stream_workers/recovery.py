@@ -223,7 +223,7 @@ class Recovery:
                         label_actions=self.joiner.label_actions,
                         positive_only_actions=self.joiner.positive_only_actions)
         step = TrainingStep(self.step.trainer, self.step.negatives_per_positive, sampler=self.step.sampler,
-                            reader=self.step.reader)
+                            reader=self.step.reader, replay_batches=self.step.replay_batches)
         joiner.add_many(prime, None, step.snapshot(prime))  # the snapshot holds what these completed
         trained = 0
         progress = {tp: lo for tp, (lo, _) in train_ranges.items()}

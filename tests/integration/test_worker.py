@@ -36,8 +36,9 @@ ITEM_SLOT = next(t.slot for t in DEFAULT_TABLES if t.name == "item_id")
 class Pipeline:
     """Topic names, a parameter server and a way to start workers, all private to this module."""
 
-    def __init__(self, tmp: Path, kafka: str, redis_url: str) -> None:
+    def __init__(self, tmp: Path, kafka: str, redis_url: str, extra_env: dict[str, str] | None = None) -> None:
         run = uuid.uuid4().hex[:8]
+        self.extra_env = extra_env or {}
         self.topic, self.dlq, self.group = f"act-{run}", f"dlq-{run}", f"workers-{run}"
         self.tmp, self.kafka, self.redis_url = tmp, kafka, redis_url
         ensure_topics(kafka, [self.topic, self.dlq], 4)
@@ -50,7 +51,7 @@ class Pipeline:
         return {**os.environ, "RTREC_KAFKA": self.kafka, "RTREC_REDIS_URL": self.redis_url,
                 "RTREC_ACTIONS_TOPIC": self.topic, "RTREC_DLQ_TOPIC": self.dlq,
                 "RTREC_WORKER_GROUP": self.group, "RTREC_METRICS_PORT": "0", "RTREC_JOIN_WINDOW_S": "5",
-                **extra}
+                **self.extra_env, **extra}
 
     def start(self, command: str, extra: dict[str, str]) -> dict:
         n = len(self.processes)
