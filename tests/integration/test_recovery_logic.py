@@ -98,9 +98,12 @@ def record_examples(trainer: OnlineTrainer) -> list[Counter]:
 
     def recording(batch, offsets=None):  # type: ignore[no-untyped-def]
         keep = trainer.params.keep if isinstance(trainer.params, ShardSubset) else {0, 1}
-        sampled = batch.sampled if batch.sampled is not None else np.zeros(len(batch), dtype=bool)
+        # the batch's own examples: not sampled rows, nor earlier batches trained again (replay)
+        extra = batch.sampled if batch.sampled is not None else np.zeros(len(batch), dtype=bool)
+        if batch.replayed is not None:
+            extra = extra | batch.replayed
         rows = [(str(u), str(i), None if np.isnan(y) else float(y))  # None: a final example (no click label)
-                for u, i, y, s in zip(batch.users, batch.items, batch.labels[:, 0], sampled) if not s]
+                for u, i, y, s in zip(batch.users, batch.items, batch.labels[:, 0], extra) if not s]
         for k in keep:
             trained[k].update(rows)
         return train_many(batch, offsets)
