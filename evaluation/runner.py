@@ -5,7 +5,8 @@ The events (time order) are cut into the micro-batches a live worker would see
 producers send (:func:`rtrec.events.encode_event`). For each batch:
 
 1. every serving instance syncs if its period of event time has passed (``model``, ``hashed``:
-   ``sync_every_s``; ``batch``: at each hour boundary);
+   ``sync_every_s`` of the replay clock; ``batch``: at each hour boundary of event time, as a model
+   retrained every hour would be served);
 2. the batch's targets -- positive events after the warm-up whose (user, item) pair is new -- are
    asked of every variant: serving's ``recommend_many`` (top 10 after retrieval, ranking head and
    business rules) for the served variants, a full ranking of the items seen so far minus the
@@ -197,8 +198,9 @@ def _step(run: _Run, lo: int, hi: int, now: float) -> None:
     is_target = after_warmup & ~run.stream.repeat[sidx]
     run.result.repeats_skipped += int((after_warmup & ~is_target).sum())
     run.result.evaluated += int(is_target.sum())
+    event_time = run.ordered[lo].ts  # the batch variant refreshes at hour boundaries of event time
     for name, served in run.served.items():
-        _timed(run.result, name, served.maybe_sync, now)
+        _timed(run.result, name, served.maybe_sync, event_time if served.aligned else now)
     if is_target.any():
         _ask_served(run, positives[is_target])
         _rank_baselines(run, sidx[is_target])
