@@ -47,7 +47,7 @@ SOFTMAX_CANDIDATES = 512
 #: (catching up on lag) trains only the new examples.
 REPLAY_BATCHES = 2
 REPLAY_WINDOW = 200
-REPLAY_MAX_ROWS = 4096
+REPLAY_MAX_ROWS = 2048
 
 
 @dataclass(frozen=True)
