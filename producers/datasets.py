@@ -36,15 +36,19 @@ OBD_CLICK_DELAY_S = 1.0
 
 def ml100k_dir() -> Path:
     """The folder with ``ml-100k.inter`` and ``ml-100k.item`` (found without importing recbole)."""
-    spec = importlib.util.find_spec("recbole")
+    return package_data_dir("recbole", "recbole==1.2.1", Path("dataset_example/ml-100k"), "ml-100k.inter")
+
+
+def package_data_dir(package: str, pin: str, folder: Path, marker: str) -> Path:
+    """``folder`` inside an installed ``package`` that holds ``marker``, found without importing the
+    package (rtrec only reads data files that wheels ship; ``make`` installs them ``--no-deps``)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ImproperlyConfigured(
-            "MovieLens-100K comes from the recbole wheel: pip install --no-deps recbole==1.2.1 "
-            "(make test / make demo do this)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
-    if not (path / "ml-100k.inter").is_file():
-        raise ImproperlyConfigured(f"{path}/ml-100k.inter not found in the recbole install")
+        raise ImproperlyConfigured(f"{folder.name} comes from the {package} wheel: pip install --no-deps {pin} "
+                                   "(make test / make demo do this)")
+    path = Path(list(spec.submodule_search_locations)[0]) / folder
+    if not (path / marker).is_file():
+        raise ImproperlyConfigured(f"{path}/{marker} not found in the {package} install")
     return path
 
 
@@ -84,16 +88,7 @@ def load_ml100k(folder: Path | None = None) -> list[Event]:
 
 def obd_dir() -> Path:
     """The folder ``obp/dataset/obd`` with ``{random,bts}/{all,men,women}/*.csv`` (found without importing obp)."""
-    spec = importlib.util.find_spec("obp")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImproperlyConfigured(
-            "the Open Bandit Dataset sample comes from the obp wheel: pip install --no-deps obp==0.4.1 "
-            "(make test / make demo do this)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "dataset" / "obd"
-    if not (path / "random" / "all" / "all.csv").is_file():
-        raise ImproperlyConfigured(f"{path}/random/all/all.csv not found in the obp install")
-    return path
+    return package_data_dir("obp", "obp==0.4.1", Path("dataset/obd"), "random/all/all.csv")
 
 
 def _short(value: str) -> str:
