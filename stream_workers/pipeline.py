@@ -140,9 +140,11 @@ class BatchPipeline:
             metrics.EVENTS_PROCESSED.labels(action).inc(n)
         for letter in dead:  # dead letters are rare: a second look at each is cheap
             metrics.EVENTS_DEAD_LETTERED.labels(metrics.dead_letter_action(letter.raw)).inc()
-        negatives = sum(1 for x in examples if x.kind == "negative")
-        metrics.EXAMPLES.labels("positive").inc(len(examples) - negatives)
-        metrics.EXAMPLES.labels("negative").inc(negatives)
+        # one count per labelled impression or action: a "final" example is the second of an
+        # impression already counted by its click
+        kinds = [x.kind for x in examples]
+        metrics.EXAMPLES.labels("positive").inc(kinds.count("click") + kinds.count("positive_only"))
+        metrics.EXAMPLES.labels("negative").inc(kinds.count("negative"))
         metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_SECONDS.observe(seconds)
         if events:
