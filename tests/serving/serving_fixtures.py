@@ -63,3 +63,17 @@ def clicks_of(user: str, items: list[str], ts: float, category: str = "c0") -> l
 def item_rows(store: ParamStore, name: str = "item_id") -> tuple[np.ndarray, np.ndarray]:
     delta = store.tables[name].delta(0)
     return delta.ids, delta.rows
+
+
+def write_features(client: object, events: list[Event], prefix: str) -> "FeatureConfig":
+    """The events' real-time features, in time order, under a fresh key ``prefix`` of the test Redis;
+    returns the feature config that reads them."""
+    from features.config import FeatureConfig
+    from features.writer import FeatureWriter
+
+    config = FeatureConfig(prefix=prefix)
+    writer = FeatureWriter(client, config)  # type: ignore[arg-type]
+    ordered = sorted(events, key=lambda e: e.ts)
+    for lo in range(0, len(ordered), 500):
+        writer.write_many(ordered[lo:lo + 500])
+    return config

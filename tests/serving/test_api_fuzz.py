@@ -18,12 +18,10 @@ from hypothesis.errors import Unsatisfiable
 from prometheus_client import CollectorRegistry
 from schemathesis import GenerationMode
 
-from features.config import FeatureConfig
 from features.reader import FeatureReader
-from features.writer import FeatureWriter
 from serving.api import create_app
 from serving.main import build_serving
-from serving_fixtures import make_trained
+from serving_fixtures import make_trained, write_features
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +32,7 @@ EXAMPLES = 30  # per operation and mode
 def api_schema(redis_url: str) -> Iterator[schemathesis.BaseSchema]:
     trained = make_trained()
     client = redis.Redis.from_url(redis_url)
-    config = FeatureConfig(prefix=f"fuzz{uuid.uuid4().hex[:8]}:")
-    writer = FeatureWriter(client, config)
-    events = sorted(trained.events, key=lambda e: e.ts)
-    for lo in range(0, len(events), 500):
-        writer.write_many(events[lo:lo + 500])
+    config = write_features(client, trained.events, f"fuzz{uuid.uuid4().hex[:8]}:")
     sent: list[dict] = []
     serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_every=1,
                             send_impression=sent.append)

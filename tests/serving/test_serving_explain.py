@@ -11,12 +11,10 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from features.config import FeatureConfig
 from features.reader import FeatureReader
-from features.writer import FeatureWriter
 from serving.api import create_app
 from serving.main import build_serving
-from serving_fixtures import make_trained
+from serving_fixtures import make_trained, write_features
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +24,7 @@ def app(redis_url: str) -> Iterator[tuple[TestClient, str]]:
     """Serving over a trained store and its events' features; yields the client and an active user."""
     trained = make_trained()
     client = redis.Redis.from_url(redis_url)
-    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
-    writer = FeatureWriter(client, config)
-    events = sorted(trained.events, key=lambda e: e.ts)
-    for lo in range(0, len(events), 500):
-        writer.write_many(events[lo:lo + 500])
+    config = write_features(client, trained.events, f"t{uuid.uuid4().hex[:8]}:")
     serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_every=1,
                             send_impression=lambda _: None)
     serving.sync.sync_once()
