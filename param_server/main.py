@@ -1,8 +1,10 @@
 """Run one parameter-server shard: ``main(settings)`` (wired to ``rtrec param-server``).
 
-Start-up restores the shard's latest snapshot from ``settings.snapshot_dir`` when there is one,
-then listens on ``settings.ps_host:ps_port`` (0 = a free port), serves Prometheus metrics on
-``settings.metrics_port`` and prints exactly one JSON line to stdout once ready::
+Start-up refuses a non-loopback ``settings.ps_host`` without ``RTREC_PS_TOKEN`` (unless
+``RTREC_ALLOW_UNAUTHENTICATED``; see :func:`check_exposure`), restores the shard's latest snapshot
+from ``settings.snapshot_dir`` when there is one, then listens on ``settings.ps_host:ps_port``
+(0 = a free port), serves Prometheus metrics on ``settings.metrics_port`` and prints exactly one
+JSON line to stdout once ready::
 
     {"ready": true, "param_server": "127.0.0.1:P", "metrics": "http://127.0.0.1:M/metrics"}
 
@@ -30,8 +32,9 @@ from param_server.store import ParamStore
 from rtrec.errors import ImproperlyConfigured
 from rtrec.logs import configure_logging
 from rtrec.metrics_http import serve_metrics
+from rtrec.settings import refuse_unauthenticated_bind
 
-__all__ = ["main", "serve", "load_store"]
+__all__ = ["main", "serve", "load_store", "check_exposure"]
 
 log = logging.getLogger("param_server")
 
@@ -66,8 +69,16 @@ def load_store(settings: Any, tables: tuple[EmbeddingConfig, ...]) -> ParamStore
     return store
 
 
+def check_exposure(settings: Any) -> None:
+    """Refuse (ImproperlyConfigured) to listen on a non-loopback address with no shared token, unless
+    ``RTREC_ALLOW_UNAUTHENTICATED`` is set: any peer could overwrite the model or force snapshots."""
+    refuse_unauthenticated_bind(settings.ps_host, settings.ps_token, "RTREC_PS_HOST", "RTREC_PS_TOKEN",
+                                settings.allow_unauthenticated)
+
+
 async def serve(settings: Any) -> None:
     """The shard's lifetime on the running event loop."""
+    check_exposure(settings)
     tables_json = settings.ps_tables
     tables = tables_from_json(tables_json) if tables_json else DEFAULT_TABLES
     store = load_store(settings, tables)

@@ -7,14 +7,27 @@ pass the object down; library code never reads the environment itself.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rtrec.errors import ImproperlyConfigured
+
+log = logging.getLogger(__name__)
 
 #: Default of ``max_event_ahead_s``, also the default of the library classes that take the bound
 #: (validation, feature writer, parameter store), which never read the environment themselves.
 DEFAULT_MAX_EVENT_AHEAD_S = 3600.0
+
+#: Serving endpoints by name (a route's fixed path segments joined by ``_``) that
+#: ``RTREC_OPEN_ENDPOINTS`` may serve without ``X-API-Key``.
+OPENABLE_ENDPOINTS = ("recommend", "score", "similar_items", "embeddings_item", "features_item")
+#: Endpoints that return one user's data (neighbours, vector, real-time features): they need the
+#: key whenever one is set, and ``RTREC_OPEN_ENDPOINTS`` may not list them.
+USER_DATA_ENDPOINTS = ("similar_users", "embeddings_user", "features_user")
 
 
 class Settings(BaseSettings):
@@ -69,6 +82,9 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the serving HTTP API binds to.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the serving HTTP API.")
     api_key: str = Field("", description="X-API-Key serving requires (not /healthz, /metrics, OpenAPI); empty = none.")
+    open_endpoints: str = Field(
+        "", description="Endpoints served without X-API-Key even with RTREC_API_KEY set, comma-separated, of "
+                        + ", ".join(OPENABLE_ENDPOINTS) + " (never user data).")
     serving_ranked: int = Field(50, ge=1, le=300, description="Retrieved candidates ranked with real-time features.")
     sync_interval_s: float = Field(2.0, gt=0, description="Seconds between sparse weight syncs.")
     log_impressions: bool = Field(True, description="Log every /recommend list back to Kafka as impression events.")
@@ -80,6 +96,26 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds to.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = pick a free one.")
     log_level: str = Field("INFO", description="Python logging level name.")
+    allow_unauthenticated: bool = Field(
+        False, description="Let serving / a parameter-server shard bind a non-loopback address without "
+                           "RTREC_API_KEY / RTREC_PS_TOKEN (refused otherwise).")
+
+    @field_validator("open_endpoints")
+    @classmethod
+    def _only_openable_endpoints(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if user_data := [name for name in names if name in USER_DATA_ENDPOINTS]:
+            raise ValueError(f"RTREC_OPEN_ENDPOINTS may not list {', '.join(user_data)}: endpoints that "
+                             "return one user's data always need RTREC_API_KEY")
+        if unknown := [name for name in names if name not in OPENABLE_ENDPOINTS]:
+            raise ValueError(f"RTREC_OPEN_ENDPOINTS: unknown endpoint(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(OPENABLE_ENDPOINTS)}")
+        return ",".join(names)
+
+    @property
+    def open_endpoint_names(self) -> frozenset[str]:
+        """``open_endpoints`` as a set of names (validated: none of them returns user data)."""
+        return frozenset(name for name in self.open_endpoints.split(",") if name)
 
     @property
     def param_server_addrs(self) -> list[tuple[str, int]]:
@@ -92,6 +128,43 @@ def _host_port(text: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"expected host:port, got {text!r}")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches: ``localhost``, 127.0.0.0/8 or ``::1``.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "", "10.0.0.5", "ps-0")]
+    [True, True, True, False, False, False, False]
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def refuse_unauthenticated_bind(host: str, secret: str, host_setting: str, secret_setting: str,
+                                allow_unauthenticated: bool) -> None:
+    """Refuse to listen on a non-loopback ``host`` with an empty ``secret``, unless the operator opted
+    out with ``RTREC_ALLOW_UNAUTHENTICATED``: then warn. On loopback everything stays open.
+
+    >>> refuse_unauthenticated_bind("0.0.0.0", "", "RTREC_HTTP_HOST", "RTREC_API_KEY", False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rtrec.errors.ImproperlyConfigured: RTREC_HTTP_HOST=0.0.0.0 is not a loopback address and RTREC_API_KEY is empty: ...
+    """
+    if secret or is_loopback(host):
+        return
+    if allow_unauthenticated:
+        log.warning("%s=%s is not a loopback address and %s is empty: anyone who reaches it is served "
+                    "(RTREC_ALLOW_UNAUTHENTICATED is set)", host_setting, host, secret_setting)
+        return
+    raise ImproperlyConfigured(
+        f"{host_setting}={host} is not a loopback address and {secret_setting} is empty: anyone who "
+        f"reaches it would be served unauthenticated. Set {secret_setting} (`make secrets` writes one for "
+        f"docker compose), bind {host_setting} to 127.0.0.1, or set RTREC_ALLOW_UNAUTHENTICATED=1 to run "
+        "it open on purpose")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -6,8 +6,11 @@ the exception handlers below. Request bodies are validated by pydantic models wi
 (``k`` <= 100, <= 1,000 item IDs, IDs of 1-256 characters, <= 32 context entries) and bodies over
 ``MAX_BODY_BYTES`` are refused with 413 before parsing.
 
-With an API key configured, every endpoint except ``/healthz``, ``/metrics`` and the OpenAPI
-document requires the header ``X-API-Key``.
+With an API key configured, every endpoint except ``/healthz``, ``/metrics``, the OpenAPI
+document and those named in ``Serving.open_endpoints`` (``RTREC_OPEN_ENDPOINTS``) requires the
+header ``X-API-Key``; the endpoints that return one user's data (``/similar/users``,
+``/embeddings/user``, ``/features/user``) can never be opened, and neither can ``"explain": true``
+on ``/recommend`` (its ``blocked`` list holds items the user acted on).
 
 Handlers are ``async def``: their CPU work (model, index) runs inline on the event loop, and their
 Redis reads are awaited (``redis.asyncio``), so the loop serves other requests while Redis answers;
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,18 +36,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rtrec.settings import OPENABLE_ENDPOINTS
 from serving.impressions import ImpressionLog
 from serving.metrics import ServingMetrics
 from serving.batcher import Batcher
 from serving.ranking import Ask, RecentUsers, Recommendation, Recommender
 from serving.sync import SyncLoop
 
-__all__ = ["create_app", "Serving", "MAX_BODY_BYTES"]
+__all__ = ["create_app", "Serving", "MAX_BODY_BYTES", "ENDPOINT_PATHS", "open_path_pattern"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
 OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+#: The path of each endpoint by its name in RTREC_OPEN_ENDPOINTS (rtrec.settings says which may be
+#: opened); a path segment is what the route's ``{parameter}`` matches.
+ENDPOINT_PATHS = {
+    "recommend": "/recommend", "score": "/score",
+    "similar_items": "/similar/items/[^/]+", "similar_users": "/similar/users/[^/]+",
+    "embeddings_item": "/embeddings/item/[^/]+", "embeddings_user": "/embeddings/user/[^/]+",
+    "features_item": "/features/item/[^/]+", "features_user": "/features/user/[^/]+",
+}
 
 # pydantic parses request bodies from the raw JSON bytes and refuses lone surrogates itself (422).
 EntityId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -127,6 +140,7 @@ class Serving:
     recent_users: RecentUsers
     impressions: ImpressionLog | None = None
     api_key: str = ""
+    open_endpoints: frozenset[str] = frozenset()  # served without the key (names of ENDPOINT_PATHS)
 
 
 def _json(body: dict) -> Response:
@@ -147,17 +161,35 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def open_path_pattern(names: frozenset[str]) -> re.Pattern[str] | None:
+    """The paths of the endpoints ``names`` as one pattern (for ``fullmatch``); None for no names.
+    Refuses an endpoint that returns user data, whatever the caller validated before.
+
+    >>> open_path_pattern(frozenset({"recommend", "similar_items"})).fullmatch("/similar/items/i1") is not None
+    True
+    >>> open_path_pattern(frozenset({"features_user"}))
+    Traceback (most recent call last):
+    ...
+    ValueError: endpoints that return user data (or unknown ones) cannot be opened: ['features_user']
+    """
+    if refused := sorted(names - set(OPENABLE_ENDPOINTS)):
+        raise ValueError(f"endpoints that return user data (or unknown ones) cannot be opened: {refused}")
+    return re.compile("|".join(ENDPOINT_PATHS[name] for name in sorted(names))) if names else None
+
+
 class GuardAndTime:
     """ASGI middleware: refuse oversized bodies (413: by Content-Length before routing, and while a
-    chunked body is read) and a missing API key (401); time every request and count errors by
-    endpoint after.
+    chunked body is read) and a missing API key (401) except on open paths; time every request and
+    count errors by endpoint after. Whether the request carried the key (or none is configured) goes
+    to the handlers as ``request.state.trusted``.
 
     Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware runs each
     request through an extra task and memory streams, a measurable share of a 1-2 ms request.
     """
 
-    def __init__(self, app: Any, serving: Serving) -> None:
+    def __init__(self, app: Any, serving: Serving, open_paths: re.Pattern[str] | None) -> None:
         self.app, self.serving, self.metrics = app, serving, serving.metrics
+        self.open_paths = open_paths
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -202,14 +234,17 @@ class GuardAndTime:
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
         key = self.serving.api_key
-        if key and scope.get("path") not in OPEN_PATHS and not hmac.compare_digest(
-                headers.get(b"x-api-key", b""), key.encode()):
-            return _error(401, "missing or wrong X-API-Key")
-        return None
+        trusted = not key or hmac.compare_digest(headers.get(b"x-api-key", b""), key.encode())
+        scope.setdefault("state", {})["trusted"] = trusted
+        path = scope.get("path", "")
+        if trusted or path in OPEN_PATHS or (self.open_paths is not None and self.open_paths.fullmatch(path)):
+            return None
+        return _error(401, "missing or wrong X-API-Key")
 
 
 def create_app(serving: Serving) -> FastAPI:
     """The FastAPI application over ``serving`` (routes per CONTRACT.md)."""
+    open_paths = open_path_pattern(serving.open_endpoints)  # first: a bad list stops start-up
     app = FastAPI(title="rtrec serving", version="1", responses={
         400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
         413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
@@ -229,7 +264,7 @@ def create_app(serving: Serving) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal error")
 
-    app.add_middleware(GuardAndTime, serving=serving)
+    app.add_middleware(GuardAndTime, serving=serving, open_paths=open_paths)
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> HealthResponse:
@@ -237,7 +272,9 @@ def create_app(serving: Serving) -> FastAPI:
                               synced_at=serving.sync.synced_at)
 
     @app.post("/recommend", response_model=RecommendResponse)
-    async def recommend(body: RecommendRequest) -> Response:
+    async def recommend(body: RecommendRequest, request: Request) -> Response:
+        if body.explain and not request.state.trusted:  # "blocked" lists items the user acted on
+            raise HTTPException(401, "explain needs X-API-Key")
         result = await batcher.submit(Ask(body.user_id, body.k, body.context, body.exclude, body.explain))
         request_id = uuid.uuid4().hex
         metrics.recommendations.labels("cold_start" if result.cold_start else "model").inc()

@@ -1,8 +1,10 @@
 """Run serving: ``main(settings)`` (wired to ``rtrec serve``).
 
-Start-up: connect to the parameter-server shards and Redis, sync once (so the first request
-already sees the model), start the sync thread, the impression log and the HTTP API on
-``settings.http_host:http_port`` (0 = a free port), then print exactly one JSON line to stdout::
+Start-up refuses a non-loopback ``settings.http_host`` without ``RTREC_API_KEY`` (unless
+``RTREC_ALLOW_UNAUTHENTICATED``; see :func:`check_exposure`). Then it connects to the
+parameter-server shards and Redis, syncs once (so the first request already sees the model), starts
+the sync thread, the impression log and the HTTP API on ``settings.http_host:http_port`` (0 = a
+free port), and prints exactly one JSON line to stdout::
 
     {"ready": true, "serving": "http://127.0.0.1:P", "metrics": "http://127.0.0.1:M/metrics"}
 
@@ -37,6 +39,7 @@ from rtrec.errors import ImproperlyConfigured
 from rtrec.logs import configure_logging
 from rtrec.metrics_http import serve_metrics
 from rtrec.recipe.model import ModelConfig
+from rtrec.settings import refuse_unauthenticated_bind
 from serving.api import Serving, create_app
 from serving.catalog import ItemCatalog
 from serving.impressions import ImpressionLog, SenderProcess
@@ -48,7 +51,7 @@ from serving.ranking import RankingConfig, RecentUsers, Recommender
 from serving.sync import SyncLoop
 from rtrec.recipe.examples import ModelSlots
 
-__all__ = ["main", "build_serving"]
+__all__ = ["main", "build_serving", "check_exposure"]
 
 log = logging.getLogger("serving")
 
@@ -64,7 +67,7 @@ def build_serving(params: Any, reader: FeatureReader | None, registry: Collector
                   tables: Sequence[EmbeddingConfig] = DEFAULT_TABLES, model_config: ModelConfig = ModelConfig(),
                   sync_interval_s: float = 2.0, dense_every: int = DENSE_EVERY,
                   send_impression: Callable[[dict], None] | None = None, api_key: str = "",
-                  ranking: RankingConfig = RankingConfig(),
+                  open_endpoints: frozenset[str] = frozenset(), ranking: RankingConfig = RankingConfig(),
                   impression_sender_env: Mapping[str, str] | None = None,
                   index_plan: IndexPlan = IndexPlan()) -> Serving:
     """Wire mirror, model, index, sync loop and recommender over ``params`` (not synced, not started).
@@ -87,7 +90,15 @@ def build_serving(params: Any, reader: FeatureReader | None, registry: Collector
         impressions = ImpressionLog(SenderProcess(metrics, impression_sender_env), metrics)
     elif send_impression is not None:
         impressions = ImpressionLog(send_impression, metrics)
-    return Serving(recommender, sync, metrics, RecentUsers(model_config.tower_dim), impressions, api_key)
+    return Serving(recommender, sync, metrics, RecentUsers(model_config.tower_dim), impressions, api_key,
+                   open_endpoints)
+
+
+def check_exposure(settings: Any) -> None:
+    """Refuse (ImproperlyConfigured) to serve a non-loopback address with no API key, unless
+    ``RTREC_ALLOW_UNAUTHENTICATED`` is set: the API shows users' data and logs impressions for anyone."""
+    refuse_unauthenticated_bind(settings.http_host, settings.api_key, "RTREC_HTTP_HOST", "RTREC_API_KEY",
+                                settings.allow_unauthenticated)
 
 
 def main(settings: Any) -> None:
@@ -95,6 +106,7 @@ def main(settings: Any) -> None:
     from param_server.sharding import ShardedClient
 
     configure_logging(settings.log_level)
+    check_exposure(settings)
     torch.set_num_threads(settings.torch_threads)
     faiss.omp_set_num_threads(settings.torch_threads)  # one query at a time: OpenMP spinning only costs
     tables = tables_from_json(settings.ps_tables) if settings.ps_tables else DEFAULT_TABLES
@@ -105,7 +117,8 @@ def main(settings: Any) -> None:
         log.warning("RTREC_LOG_IMPRESSIONS is off: served lists are NOT logged back to Kafka")
     registry = CollectorRegistry()
     serving = build_serving(params, reader, registry, tables, sync_interval_s=settings.sync_interval_s,
-                            api_key=settings.api_key, ranking=RankingConfig(ranked=settings.serving_ranked),
+                            api_key=settings.api_key, open_endpoints=settings.open_endpoint_names,
+                            ranking=RankingConfig(ranked=settings.serving_ranked),
                             impression_sender_env=_sender_env(settings) if settings.log_impressions else None,
                             index_plan=IndexPlan(ivf_min_items=settings.index_ivf_min_items,
                                                  nprobe=settings.index_nprobe))

@@ -10,19 +10,22 @@ Prometheus and Grafana configuration, the Dockerfile and ``rtrec.settings.Settin
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jsonschema
 import pytest
 import yaml
 
-from rtrec.settings import Settings
+from rtrec.errors import ImproperlyConfigured
+from rtrec.settings import Settings, refuse_unauthenticated_bind
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -41,6 +44,20 @@ COMMON_ENV = {
     "RTREC_METRICS_PORT": "9100",
 }
 ENV_NAME = re.compile(r"\bRTREC_[A-Z0-9_]+\b")
+# Compose interpolation: $$, $NAME, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}.
+INTERPOLATION = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+PUBLISHED = {"kafka": 29092, "serving": 8080, "prometheus": 9090, "grafana": 3000}
+
+
+def load_make_secrets() -> Any:
+    """deploy/make_secrets.py as a module (deploy/ is no package)."""
+    spec = importlib.util.spec_from_file_location("make_secrets", ROOT / "deploy" / "make_secrets.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+SECRETS_ENV = {name: f"test-{name.lower()}" for name in load_make_secrets().SECRETS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +89,55 @@ def compose_validator() -> jsonschema.protocols.Validator:
 def schema_errors(document: Any) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
             for e in compose_validator().iter_errors(document)]
+
+
+class MissingVariable(Exception):
+    """A ``${NAME:?error}`` whose variable is unset or empty: ``docker compose up`` stops with it."""
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """One value as Compose interpolates it from ``env`` (.env plus the shell's environment)."""
+    def one(match: re.Match[str]) -> str:
+        escaped, name, operator, argument, bare = match.groups()
+        if escaped:
+            return "$"
+        value = env.get(name or bare)
+        missing = not value if operator and operator.startswith(":") else value is None
+        if operator and operator.endswith("?") and missing:
+            raise MissingVariable(f"required variable {name} is missing a value: {argument}")
+        if operator and operator.endswith("-") and missing:
+            return argument
+        return value or ""
+    return INTERPOLATION.sub(one, text)
+
+
+def interpolated(node: Any, env: Mapping[str, str]) -> Any:
+    """The whole (merged) document with every string value interpolated, as ``docker compose`` sees it."""
+    if isinstance(node, dict):
+        return {key: interpolated(value, env) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolated(value, env) for value in node]
+    return interpolate(node, env) if isinstance(node, str) else node
+
+
+def required_variables(compose_text: str) -> dict[str, str]:
+    """``{name: error message}`` of every ``${NAME:?error}`` (or ``${NAME?error}``) in the file."""
+    return {m.group(2): m.group(4) for m in INTERPOLATION.finditer(compose_text) if m.group(3) in (":?", "?")}
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """``(host address, published port)`` of a service's ports; "" for every interface."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            out.append((str(port.get("host_ip", "")), int(port["published"])))
+            continue
+        parts = str(port).split("/")[0].rsplit(":", 2)  # [host:]published:target, or a bare target
+        if len(parts) == 1:
+            out.append(("", int(parts[0])))
+        else:
+            out.append((parts[0] if len(parts) == 3 else "", int(parts[-2])))
+    return out
 
 
 def env_of(service: dict[str, Any]) -> dict[str, str]:
@@ -182,7 +248,8 @@ def test_docker_compose_cli_accepts_the_file_when_available():
         if probe.returncode != 0:
             continue
         result = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "--profile", "simulate", "config", "--quiet"],
-                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+                                capture_output=True, text=True, timeout=60, cwd=ROOT,
+                                env={**os.environ, **SECRETS_ENV})  # as `make secrets` would set them
         assert result.returncode == 0, result.stderr
         return
     pytest.skip("no docker compose CLI on PATH")
@@ -246,12 +313,22 @@ def test_every_rtrec_variable_is_a_real_setting():
 
 
 def test_rtrec_variable_values_are_accepted_by_settings():
-    """Each rtrec service's environment parses into Settings (types and bounds)."""
-    for name, svc in rtrec_services(load_compose()).items():
+    """Each rtrec service's environment, interpolated with the secrets set, parses into Settings
+    (types and bounds) and passes the start-up refusal of unauthenticated non-loopback binds."""
+    for name, svc in rtrec_services(interpolated(load_compose(), SECRETS_ENV)).items():
         env = env_of(svc)
         kwargs = {k.removeprefix("RTREC_").lower(): v for k, v in env.items() if k.startswith("RTREC_")}
         settings = Settings(**kwargs)
         assert settings.metrics_port == 9100, name
+        assert not settings.allow_unauthenticated, name
+        assert settings.ps_token == SECRETS_ENV["RTREC_PS_TOKEN"], name
+        if command_of(svc) == ["param-server"]:
+            refuse_unauthenticated_bind(settings.ps_host, settings.ps_token, "RTREC_PS_HOST", "RTREC_PS_TOKEN", False)
+        if command_of(svc) == ["serve"]:
+            assert settings.api_key == SECRETS_ENV["RTREC_API_KEY"]
+            refuse_unauthenticated_bind(settings.http_host, settings.api_key, "RTREC_HTTP_HOST", "RTREC_API_KEY", False)
+            with pytest.raises(ImproperlyConfigured, match="RTREC_API_KEY"):  # what the requirement prevents
+                refuse_unauthenticated_bind(settings.http_host, "", "RTREC_HTTP_HOST", "RTREC_API_KEY", False)
 
 
 def test_param_server_shards_are_consistent():
@@ -427,3 +504,74 @@ def test_dockerignore_keeps_junk_out_and_the_package_in():
     for kept in ("pyproject.toml", "README.md", "rtrec", "param_server", "serving", "stream_workers",
                  "features", "producers"):
         assert kept not in patterns, f"{kept} is needed by `pip install .`"
+
+
+# ---------------------------------------------------------------------------------------------
+# closed by default: loopback ports, required secrets (`make secrets`)
+
+
+def test_interpolation_helper_follows_compose_rules():
+    env = {"SET": "v", "EMPTY": ""}
+    assert interpolate("$$x ${SET} $SET ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${SET:?e}", env) == "$x v v d d  v"
+    for text in ("${UNSET:?run it}", "${EMPTY:?run it}", "${UNSET?run it}"):
+        with pytest.raises(MissingVariable, match="run it"):
+            interpolate(text, env)
+
+
+def test_every_published_port_is_bound_to_loopback_by_default():
+    services = interpolated(load_compose(), SECRETS_ENV)["services"]
+    ports = {name: published_ports(svc) for name, svc in services.items() if svc.get("ports")}
+    assert {name: [port for _, port in found] for name, found in ports.items()} == \
+        {name: [port] for name, port in PUBLISHED.items()}
+    for name, found in ports.items():
+        assert all(host == "127.0.0.1" for host, _ in found), f"{name} publishes {found}"
+
+
+def test_publish_host_opts_serving_prometheus_and_grafana_in_to_other_interfaces():
+    services = interpolated(load_compose(), {**SECRETS_ENV, "PUBLISH_HOST": "0.0.0.0"})["services"]
+    hosts = {name: {host for host, _ in published_ports(services[name])} for name in PUBLISHED}
+    # Kafka's host listener advertises localhost:29092: it is for tools on this machine only.
+    assert hosts == {"kafka": {"127.0.0.1"}, "serving": {"0.0.0.0"}, "prometheus": {"0.0.0.0"},
+                     "grafana": {"0.0.0.0"}}
+
+
+def test_up_requires_exactly_the_secrets_make_secrets_writes():
+    required = required_variables(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert set(required) == set(SECRETS_ENV)
+    for name, message in required.items():
+        assert "make secrets" in message, name
+    compose = load_compose()
+    schema_clean = interpolated(compose, SECRETS_ENV)
+    assert schema_errors(schema_clean) == []
+    for name in SECRETS_ENV:
+        for missing in ({k: v for k, v in SECRETS_ENV.items() if k != name}, {**SECRETS_ENV, name: ""}):
+            with pytest.raises(MissingVariable, match=f"{name} .*make secrets"):
+                interpolated(compose, missing)
+
+
+def required(name: str) -> re.Pattern[str]:
+    return re.compile(rf"\$\{{{name}:\?[^}}]*make secrets[^}}]*\}}")
+
+
+def test_serving_requires_the_api_key_and_every_rtrec_process_shares_the_ps_token():
+    compose = load_compose()
+    assert required("RTREC_PS_TOKEN").fullmatch(compose["x-rtrec"]["environment"]["RTREC_PS_TOKEN"])
+    for name, svc in rtrec_services(compose).items():
+        assert required("RTREC_PS_TOKEN").fullmatch(env_of(svc).get("RTREC_PS_TOKEN", "")), name
+    serving = env_of(compose["services"]["serving"])
+    assert required("RTREC_API_KEY").fullmatch(serving["RTREC_API_KEY"])
+    assert serving["RTREC_OPEN_ENDPOINTS"] == "${RTREC_OPEN_ENDPOINTS:-}"  # closed unless .env opens some
+    assert Settings(open_endpoints=interpolate(serving["RTREC_OPEN_ENDPOINTS"], {})).open_endpoint_names == set()
+
+
+def test_grafana_admin_password_is_required_with_no_default():
+    env = env_of(load_compose()["services"]["grafana"])
+    assert required("GRAFANA_ADMIN_PASSWORD").fullmatch(env["GF_SECURITY_ADMIN_PASSWORD"])
+    assert interpolated(env, SECRETS_ENV)["GF_SECURITY_ADMIN_PASSWORD"] == SECRETS_ENV["GRAFANA_ADMIN_PASSWORD"]
+
+
+def test_prometheus_has_no_lifecycle_or_admin_api():
+    """With --web.enable-lifecycle anyone who reaches 9090 could POST /-/quit or /-/reload."""
+    command = command_of(load_compose()["services"]["prometheus"])
+    assert command and command[0].startswith("--config.file=")
+    assert not [flag for flag in command if flag.startswith(("--web.enable-lifecycle", "--web.enable-admin-api"))]
