@@ -5,24 +5,31 @@ the pipeline (:class:`stream_workers.pipeline.BatchPipeline`, or the same in a c
 Delivery is at-least-once: ``stream.take_events`` acknowledges a batch's messages only after the
 pipeline returned, so a crash re-delivers the batch, and feature updates are idempotent by
 event_id. The pipeline call runs in a thread so the event loop keeps fetching meanwhile.
+
+Each call carries the attempt number (the pipeline counts retries where the worker's metrics are
+served) and the consumer's current assignment (each worker reports the lag of its own partitions);
+a timer also sends the assignment between batches, so a worker that gets no message (stuck, or
+left without partitions by a rebalance) still reports the right partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 import faust
 import redis
+from faust.exceptions import ConsumerNotStarted
 
 from rtrec.errors import RtrecError
 from rtrec.settings import Settings
-from stream_workers import metrics
 from stream_workers.pipeline import BatchResult
 
 #: Seconds between retries of a batch whose processing failed (Redis down, parameter server away).
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+#: Seconds between reports of the consumer's assignment to the pipeline (the lag monitor reads every 5 s).
+ASSIGNMENT_REPORT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,10 @@ class Pipeline(Protocol):
     def process(self, values: Sequence[bytes | None],
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
                 starts: Mapping[str, Mapping[int, int]] | None = None,
-                partitions: Sequence[int] | None = None) -> BatchResult: ...
+                partitions: Sequence[int] | None = None, *, attempt: int = 0,
+                assignment: Collection[tuple[str, int]] | None = None) -> BatchResult: ...
+
+    def assign(self, assignment: Collection[tuple[str, int]]) -> None: ...
 
 
 def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
@@ -67,12 +77,17 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         async for batch in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_within_s):
             values = [event.message.value for event in batch]
             partitions = [event.message.partition for event in batch]
-            result = await _process_with_retry(pipeline, values, next_offsets(batch), first_offsets(batch), partitions)
+            result = await _process_with_retry(pipeline, values, next_offsets(batch), first_offsets(batch), partitions,
+                                               lambda: assigned_partitions(app.consumer.assignment()))
             for letter in result.dead_letters:
                 await dlq.send(value=letter.to_json())
             if result.dead_letters:
                 log.warning("dead-lettered %d of %d messages; first reason: %s",
                             len(result.dead_letters), len(values), result.dead_letters[0].reason)
+
+    @app.timer(ASSIGNMENT_REPORT_S)
+    async def report_assignment() -> None:
+        await send_assignment(pipeline, lambda: assigned_partitions(app.consumer.assignment()))
 
     return app
 
@@ -97,16 +112,39 @@ def first_offsets(batch: list) -> dict[str, dict[int, int]]:
     return out
 
 
+def assigned_partitions(assignment: Iterable) -> list[tuple[str, int]]:
+    """The consumer's assignment (Faust ``TP`` tuples) as sorted ``(topic, partition)`` pairs.
+
+    >>> from faust.types import TP
+    >>> assigned_partitions({TP("actions", 3), TP("actions", 1)})
+    [('actions', 1), ('actions', 3)]
+    """
+    return sorted((tp.topic, tp.partition) for tp in assignment)
+
+
+async def send_assignment(pipeline: Pipeline, assignment: Callable[[], list[tuple[str, int]]]) -> None:
+    """Hand the current assignment to the pipeline; a failure is logged and left to the next report."""
+    try:
+        await asyncio.to_thread(pipeline.assign, assignment())
+    except (OSError, RtrecError, ConsumerNotStarted) as exc:
+        log.warning("could not report the partition assignment to the pipeline (%r); next try in %.0f s",
+                    exc, ASSIGNMENT_REPORT_S)
+
+
 async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, starts: dict,
-                              partitions: list[int]) -> BatchResult:
-    """Run the pipeline until it succeeds: the batch stays unacknowledged (not lost) meanwhile."""
+                              partitions: list[int],
+                              assignment: Callable[[], list[tuple[str, int]]]) -> BatchResult:
+    """Run the pipeline until it succeeds: the batch stays unacknowledged (not lost) meanwhile.
+
+    Every attempt says which one it is (the pipeline counts the retries) and carries the
+    assignment read just before it (a rebalance may land during a long outage)."""
     attempt = 0
     while True:
         try:
-            return await asyncio.to_thread(pipeline.process, values, offsets, starts, partitions)
+            return await asyncio.to_thread(pipeline.process, values, offsets, starts, partitions,
+                                           attempt=attempt, assignment=assignment())
         except (redis.RedisError, OSError, RtrecError) as exc:
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-            metrics.BATCH_RETRIES.inc()
             log.error("batch of %d failed (%r); retrying in %.1f s", len(values), exc, delay)
             attempt += 1
             await asyncio.sleep(delay)

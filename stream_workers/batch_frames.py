@@ -1,13 +1,17 @@
 """The frames a worker sends to its pipeline process and gets back (no pickle: JSON + raw bytes).
 
-A request is a header (JSON: offsets, per-message lengths, -1 for a missing value, and each
-message's partition) followed by
-the messages' bytes back to back; a result is one JSON object. On the pipe, every frame is a
-4-byte big-endian length and the payload.
+A request is a header (JSON: offsets, per-message lengths, -1 for a missing value, each
+message's partition, the attempt number and the consumer's assignment) followed by the messages'
+bytes back to back; a request without messages only updates the assignment (a Faust batch is
+never empty). A result is one JSON object. On the pipe, every frame is a 4-byte big-endian
+length and the payload.
 
 >>> values, offsets = decode_request(encode_request([b"ab", None, b"c"], {"actions": {0: 7}}))
 >>> values, offsets
 ([b'ab', None, b'c'], {'actions': {0: 7}})
+>>> request = decode_batch_request(encode_request([b"ab"], None, attempt=2, assignment=[("actions", 3)]))
+>>> request.attempt, request.assignment
+(2, [('actions', 3)])
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from typing import BinaryIO, Mapping, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Collection, Mapping, Sequence
 
 from features.writer import WriteResult
 from stream_workers.pipeline import BatchResult
@@ -26,25 +31,41 @@ _LEN = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 << 20
 
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """One decoded request: the arguments of :meth:`stream_workers.pipeline.BatchPipeline.process`."""
+
+    values: list[bytes | None]
+    offsets: dict[str, dict[int, int]]
+    starts: dict[str, dict[int, int]]
+    partitions: list[int] | None
+    attempt: int = 0
+    assignment: list[tuple[str, int]] | None = None
+
+
 def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping[int, int]] | None,
                    starts: Mapping[str, Mapping[int, int]] | None = None,
-                   partitions: Sequence[int] | None = None) -> bytes:
+                   partitions: Sequence[int] | None = None, *, attempt: int = 0,
+                   assignment: Collection[tuple[str, int]] | None = None) -> bytes:
     """``starts``: topic -> partition -> offset of the batch's first message (for recovery);
-    ``partitions``: each message's partition (None: not known)."""
+    ``partitions``: each message's partition (None: not known); ``attempt``: 0 for a batch's
+    first try; ``assignment``: the (topic, partition) pairs the consumer owns (None: not known)."""
     lengths = [-1 if v is None else len(v) for v in values]
     header = json.dumps({"offsets": offsets or {}, "lengths": lengths, "starts": starts or {},
-                         "partitions": None if partitions is None else [int(p) for p in partitions]}).encode()
+                         "partitions": None if partitions is None else [int(p) for p in partitions],
+                         "attempt": int(attempt),
+                         "assignment": None if assignment is None else sorted([str(t), int(p)] for t, p in assignment),
+                         }).encode()
     return _LEN.pack(len(header)) + header + b"".join(v for v in values if v is not None)
 
 
 def decode_request(frame: bytes) -> tuple[list[bytes | None], dict[str, dict[int, int]]]:
-    values, offsets, _, _ = decode_request_with_starts(frame)
-    return values, offsets
+    request = decode_batch_request(frame)
+    return request.values, request.offsets
 
 
-def decode_request_with_starts(frame: bytes) -> tuple[list[bytes | None], dict[str, dict[int, int]],
-                                                        dict[str, dict[int, int]], list[int] | None]:
-    """(values, next offsets, first offsets, partitions) of a request frame."""
+def decode_batch_request(frame: bytes) -> BatchRequest:
+    """Every field of a request frame; ValueError for a frame that does not add up."""
     (size,) = _LEN.unpack_from(frame)
     header = json.loads(frame[4:4 + size])
     values: list[bytes | None] = []
@@ -60,7 +81,10 @@ def decode_request_with_starts(frame: bytes) -> tuple[list[bytes | None], dict[s
     partitions = header.get("partitions")
     if partitions is not None and len(partitions) != len(values):
         raise ValueError(f"{len(partitions)} partitions for {len(values)} messages")
-    return values, offsets, starts, None if partitions is None else [int(p) for p in partitions]
+    assignment = header.get("assignment")
+    return BatchRequest(values, offsets, starts, None if partitions is None else [int(p) for p in partitions],
+                        int(header.get("attempt", 0)),
+                        None if assignment is None else [(str(t), int(p)) for t, p in assignment])
 
 
 def encode_result(result: BatchResult) -> bytes:

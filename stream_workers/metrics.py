@@ -2,10 +2,13 @@
 
 The per-batch metrics are fed by :class:`stream_workers.pipeline.BatchPipeline`; the consumer
 group's lag is read from Kafka by :class:`ConsumerLagMonitor` in a thread of its own, so a scrape
-never waits on Kafka.
+never waits on Kafka. Each worker exports the lag of the partitions assigned to it only.
 
->>> group_lag({("actions", 0): 120, ("actions", 1): 50}, {("actions", 0): 100}, {("actions", 1): 10})
+>>> lag = group_lag({("actions", 0): 120, ("actions", 1): 50}, {("actions", 0): 100}, {("actions", 1): 10})
+>>> lag
 {('actions', 0): 20, ('actions', 1): 40}
+>>> owned_lag(lag, {("actions", 1)}), owned_lag(lag, None)
+({('actions', 1): 40}, {})
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from typing import Iterator, Mapping
+from typing import Collection, Iterable, Iterator, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -22,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from rtrec.events import action_label
 
-__all__ = ["ConsumerLagMonitor", "JoinerCollector", "group_lag", "dead_letter_action"]
+__all__ = ["ConsumerLagMonitor", "JoinerCollector", "group_lag", "owned_lag", "dead_letter_action"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,10 @@ BATCH_FAILURES = Counter("rtrec_worker_batch_failures_total",
 EXAMPLES = Counter("rtrec_worker_examples_total", "Labelled examples produced by the joiner.", ["kind"])
 JOINER_PENDING = Gauge("rtrec_worker_joiner_pending", "Impressions waiting for an action in the joiner.")
 EVENT_LAG = Gauge("rtrec_worker_event_lag_seconds", "Wall clock minus the newest event time processed.")
-# Counted by the Faust process (stream_workers/app.py), which serves no metrics endpoint of its own
-# in `rtrec worker`: there the pipeline child's rtrec_worker_batch_failures_total is the figure.
-BATCH_RETRIES = Counter("rtrec_worker_batch_retries_total", "Micro-batches retried after a Redis or network error.")
+# Counted where the batch runs (BatchPipeline.process with attempt > 0), i.e. in the pipeline
+# process that serves the worker's metrics; the Faust process only numbers the attempts.
+BATCH_RETRIES = Counter("rtrec_worker_batch_retries_total",
+                        "Attempts at a micro-batch after a failed one (Redis, parameter server or pipeline process away).")
 
 
 def dead_letter_action(raw: bytes) -> str:
@@ -72,6 +76,18 @@ def group_lag(end: Mapping[tuple[str, int], int], committed: Mapping[tuple[str, 
             position = beginning.get(tp, 0)  # no commit yet: the group starts at the earliest offset
         out[tp] = max(0, end_offset - position)
     return out
+
+
+def owned_lag(lag: Mapping[tuple[str, int], int],
+              assigned: Collection[tuple[str, int]] | None) -> dict[tuple[str, int], int]:
+    """The lag of the partitions assigned to this worker; none while its assignment is unknown.
+
+    Kafka gives each partition to one member of the group, so summing every worker's owned lag
+    counts each partition once.
+    """
+    if assigned is None:
+        return {}
+    return {tp: value for tp, value in lag.items() if tp in assigned}
 
 
 class JoinerCollector(Collector):
@@ -102,17 +118,22 @@ class JoinerCollector(Collector):
 
 
 class ConsumerLagMonitor(Collector):
-    """``rtrec_worker_consumer_lag_messages{topic,partition}``: the whole consumer group's lag.
+    """``rtrec_worker_consumer_lag_messages{topic,partition}``: the group's lag on this worker's partitions.
 
     A daemon thread reads the topic's end offsets and the group's committed offsets every
-    ``interval_s``; a scrape returns the last reading. Every worker of the group exports the same
-    figures, so dashboards take ``max by (topic, partition)``.
+    ``interval_s``; a scrape returns the last reading of the partitions last given to
+    :meth:`assign` (the Faust process sends its assignment with every batch and every few
+    seconds between batches), so each partition is exported by the worker that owns it and
+    ``sum`` over workers is the group's lag. Nothing is exported until the first assignment
+    arrives; for a few seconds after a rebalance two workers may export the same partition, which
+    ``max by (topic, partition)`` absorbs.
     """
 
     def __init__(self, bootstrap: str, group: str, topic: str, interval_s: float = 5.0,
                  registry: CollectorRegistry = REGISTRY) -> None:
         self.bootstrap, self.group, self.topic, self.interval_s = bootstrap, group, topic, interval_s
         self.lag: dict[tuple[str, int], int] = {}
+        self.assigned: frozenset[tuple[str, int]] | None = None  # (topic, partition) this worker owns
         self.read_at = 0.0
         self.errors = Counter("rtrec_worker_consumer_lag_errors_total", "Failed readings of the consumer lag.",
                               registry=registry)
@@ -127,11 +148,17 @@ class ConsumerLagMonitor(Collector):
     def stop(self) -> None:
         self._stop.set()
 
+    def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """The worker's current assignment as ``(topic, partition)`` pairs; kept until the next call."""
+        self.assigned = frozenset((str(topic), int(partition)) for topic, partition in partitions)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         lag = GaugeMetricFamily("rtrec_worker_consumer_lag_messages",
-                                "Messages of the topic the worker group has not committed yet, per partition.",
+                                "Messages of the topic the worker group has not committed yet, per partition; "
+                                "each partition is reported by the worker it is assigned to, so sum() is the "
+                                "group's lag.",
                                 labels=["topic", "partition"])
-        for (topic, partition), value in sorted(self.lag.items()):
+        for (topic, partition), value in sorted(owned_lag(self.lag, self.assigned).items()):
             lag.add_metric([topic, str(partition)], value)
         yield lag
 

@@ -13,7 +13,9 @@ and the point-in-time reads change state, so they run once per batch: the pipeli
 batch's examples until the batch succeeds, and a retry of the same batch (same offsets, or the
 same bytes) trains on exactly those examples, skips a training step that already succeeded, and
 re-applies the feature write (idempotent by ``event_id``). A retried batch therefore yields
-exactly the examples of a batch that succeeds at once.
+exactly the examples of a batch that succeeds at once. The caller numbers its attempts, and
+retries are counted here (``rtrec_worker_batch_retries_total``), in the process that serves the
+worker's metrics.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from contextlib import nullcontext
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 from features.writer import FeatureWriter, WriteResult
 from rtrec.events import Event, action_label
@@ -76,19 +78,29 @@ class BatchPipeline:
         self.recovery = recovery  # stream_workers.recovery.Recovery: replays what a restarted shard lost
         self._redis_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer")
         self._attempt: _Attempt | None = None
+        #: Called with each batch's consumer assignment (the worker's lag monitor takes it).
+        self.on_assignment: Callable[[Collection[tuple[str, int]]], None] | None = None
 
     def process(self, values: Sequence[bytes | None],
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
                 starts: Mapping[str, Mapping[int, int]] | None = None,
-                partitions: Sequence[int] | None = None) -> BatchResult:
+                partitions: Sequence[int] | None = None, *, attempt: int = 0,
+                assignment: Collection[tuple[str, int]] | None = None) -> BatchResult:
         """Apply a batch; raises only if Redis or training fail (then the batch is not committed).
 
         ``offsets`` (topic → partition → next offset) are what this batch brings the consumer to;
         they travel with the gradient push so parameter-server snapshots record them. ``starts``
         (the batch's first offsets) tell recovery where a replay for a restarted shard ends.
         ``partitions[n]`` is the Kafka partition of ``values[n]`` (the joiner keeps a watermark per
-        partition); None means one partition.
+        partition); None means one partition. ``attempt`` numbers the caller's tries at this batch
+        (0 = first; later ones count as retries here, where the worker's metrics are served).
+        ``assignment`` (the ``(topic, partition)`` pairs the consumer owns now) goes to
+        :attr:`on_assignment` before the batch runs, so a failing batch still reports it.
         """
+        if assignment is not None:
+            self.assign(assignment)
+        if attempt > 0:
+            metrics.BATCH_RETRIES.inc()
         start = time.perf_counter()
         events, event_partitions, dead = _split(values, partitions, self.max_event_ahead_s)
         counts = _count_actions(events)
@@ -99,6 +111,12 @@ class BatchPipeline:
         except Exception:
             metrics.BATCH_FAILURES.inc()  # the caller logs it and retries the batch
             raise
+
+    def assign(self, assignment: Collection[tuple[str, int]]) -> None:
+        """The ``(topic, partition)`` pairs the consumer owns now, also between batches (a worker
+        that gets no message still owns partitions, and their lag must show)."""
+        if self.on_assignment is not None:
+            self.on_assignment(assignment)
 
     def _process(self, values: Sequence[bytes | None], events: list[Event], partitions: list[int],
                  dead: list[DeadLetter], counts: Mapping[str, int], offsets: Mapping[str, Mapping[int, int]] | None,

@@ -4,8 +4,8 @@ Measured on this 2-core machine: in one process the Faust loop and the pipeline 
 turns on the GIL (the pipeline was busy 14.6 s and Faust 13 s of a 28 s run: serial). Split,
 Faust fills the next batch while the pipeline process works on the current one.
 
-Parent side: :class:`PipelineProcess` has the ``process(values, offsets)`` method of
-:class:`~stream_workers.pipeline.BatchPipeline`. Child side: ``python -m
+Parent side: :class:`PipelineProcess` has the ``process(values, offsets)`` and ``assign(partitions)``
+methods of :class:`~stream_workers.pipeline.BatchPipeline`. Child side: ``python -m
 stream_workers.pipeline_process`` builds the pipeline from ``RTREC_*`` settings, serves the
 worker's Prometheus metrics, and answers one result frame per request frame on stdin/stdout
 (``stream_workers/batch_frames.py``). Its first frame is ``{"ready": true, "metrics": url}``.
@@ -20,13 +20,14 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from rtrec.errors import RtrecError
 from rtrec.stack.process import free_port
-from stream_workers.batch_frames import (decode_request_with_starts, decode_result, encode_error, encode_request,
-                                         encode_result, read_frame, write_frame)
-from stream_workers.pipeline import BatchResult
+from stream_workers.batch_frames import (BatchRequest, decode_batch_request, decode_result, encode_error,
+                                         encode_request, encode_result, read_frame, write_frame)
+from features.writer import WriteResult
+from stream_workers.pipeline import BatchPipeline, BatchResult
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,17 @@ class PipelineProcess:
     def process(self, values: Sequence[bytes | None],
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
                 starts: Mapping[str, Mapping[int, int]] | None = None,
-                partitions: Sequence[int] | None = None) -> BatchResult:
-        """Send one batch and wait for its result (the GIL is free while waiting)."""
+                partitions: Sequence[int] | None = None, *, attempt: int = 0,
+                assignment: Collection[tuple[str, int]] | None = None) -> BatchResult:
+        """Send one batch and wait for its result (the GIL is free while waiting); ``attempt`` and
+        ``assignment`` travel with it (see :meth:`stream_workers.pipeline.BatchPipeline.process`)."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
             assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
             try:
-                write_frame(self._proc.stdin, encode_request(values, offsets, starts, partitions))
+                write_frame(self._proc.stdin, encode_request(values, offsets, starts, partitions,
+                                                             attempt=attempt, assignment=assignment))
                 result = decode_result(read_frame(self._proc.stdout))
             except (EOFError, BrokenPipeError, ValueError) as exc:
                 log.error("pipeline process failed (%r); restarting it", exc)
@@ -66,6 +70,10 @@ class PipelineProcess:
         if isinstance(result, str):
             raise PipelineError(result)
         return result
+
+    def assign(self, assignment: Collection[tuple[str, int]]) -> None:
+        """Tell the pipeline process which partitions the consumer owns now (a frame without messages)."""
+        self.process([], assignment=assignment)
 
     def close(self) -> None:
         with self._lock:
@@ -109,6 +117,7 @@ def child_main() -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print() cannot corrupt a frame
     from prometheus_client import REGISTRY
 
+    from features.redis_metrics import RedisMemoryCollector, scrape_client
     from rtrec.logs import configure_logging
     from rtrec.metrics_http import serve_metrics
     from rtrec.settings import load_settings
@@ -118,22 +127,33 @@ def child_main() -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
     pipeline = build_pipeline(settings)
-    ConsumerLagMonitor(settings.kafka, settings.worker_group, settings.actions_topic).start()
+    lag = ConsumerLagMonitor(settings.kafka, settings.worker_group, settings.actions_topic).start()
+    pipeline.on_assignment = lag.assign  # each batch brings the partitions this worker owns
     REGISTRY.register(JoinerCollector(pipeline.joiner))
+    REGISTRY.register(RedisMemoryCollector(scrape_client(pipeline.writer.client)))
     metrics_url = serve_metrics(settings.metrics_port, settings.metrics_host)
     write_frame(frames_out, json.dumps({"ready": True, "metrics": metrics_url}).encode())
     frames_in = sys.stdin.buffer
     while True:
         try:
-            values, offsets, starts, partitions = decode_request_with_starts(read_frame(frames_in))
+            request = decode_batch_request(read_frame(frames_in))
         except EOFError:
             return 0
-        try:
-            reply = encode_result(pipeline.process(values, offsets, starts, partitions))
-        except Exception as exc:  # noqa: BLE001 -- reported to the parent, which retries the batch
-            log.exception("batch of %d failed", len(values))
-            reply = encode_error(f"{type(exc).__name__}: {exc}")
-        write_frame(frames_out, reply)
+        write_frame(frames_out, answer(pipeline, request))
+
+
+def answer(pipeline: BatchPipeline, request: BatchRequest) -> bytes:
+    """The result frame of one request: a batch run through ``pipeline``, or an assignment update."""
+    if not request.values:  # no batch: only the assignment (a failed batch's kept examples stay)
+        if request.assignment is not None:
+            pipeline.assign(request.assignment)
+        return encode_result(BatchResult(0, [], WriteResult(0, 0), 0))
+    try:
+        return encode_result(pipeline.process(request.values, request.offsets, request.starts, request.partitions,
+                                              attempt=request.attempt, assignment=request.assignment))
+    except Exception as exc:  # noqa: BLE001 -- reported to the parent, which retries the batch
+        log.exception("batch of %d failed (attempt %d)", len(request.values), request.attempt)
+        return encode_error(f"{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

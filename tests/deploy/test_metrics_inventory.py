@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Metric
 import features.writer  # noqa: F401 -- registers rtrec_features_* on the default registry
 import producers.client  # noqa: F401 -- registers rtrec_producer_*
 import stream_workers.recovery  # noqa: F401 -- registers rtrec_worker_recovery_*
+from features.redis_metrics import RedisMemoryCollector
 from features.writer import WriteResult
 from param_server.metrics import ParamServerMetrics
 from param_server.store import ParamStore
@@ -28,7 +29,7 @@ from stream_workers.metrics import ConsumerLagMonitor, JoinerCollector, dead_let
 from stream_workers.pipeline import BatchPipeline
 from rtrec.recipe.trainer import TrainerMetrics
 
-COMPONENTS = ("worker", "trainer", "features", "param_server", "serving", "producer")
+COMPONENTS = ("worker", "trainer", "features", "redis", "param_server", "serving", "producer")
 NAME = re.compile(rf"rtrec_({'|'.join(COMPONENTS)})_[a-z0-9_]+")
 
 # The issue's inventory -> (process, metric family as exposed, sample that must carry the figure).
@@ -40,6 +41,8 @@ INVENTORY = {
     "batch size histogram": ("worker", "rtrec_worker_batch_size_bucket", {"le"}),
     "batch latency histogram": ("worker", "rtrec_worker_batch_seconds_bucket", {"le"}),
     "Redis write latency": ("worker", "rtrec_features_redis_write_seconds_bucket", {"le"}),
+    "Redis memory used": ("worker", "rtrec_redis_used_memory_bytes", set()),
+    "Redis memory limit": ("worker", "rtrec_redis_maxmemory_bytes", set()),
     "joiner state size": ("worker", "rtrec_worker_joiner_pending", set()),
     "join rate": ("worker", "rtrec_worker_joiner_outcomes_total", {"outcome"}),
     "training examples": ("worker", "rtrec_trainer_examples_total", set()),
@@ -68,6 +71,13 @@ class FakeWriter:
         if self.fail:
             raise ConnectionError("redis away")
         return WriteResult(applied=len(events), duplicates=0)
+
+
+class FakeRedis:
+    """The one redis-py call RedisMemoryCollector makes."""
+
+    def info(self, section: str) -> dict[str, int]:
+        return {"used_memory": 1 << 20, "maxmemory": 0}
 
 
 class FakeConsumer:
@@ -99,8 +109,11 @@ def process_registries() -> dict[str, CollectorRegistry]:
     worker = CollectorRegistry()
     trainer = TrainerMetrics(worker, auc_window=100, loss_window=10)
     trainer.examples.inc(0)
-    ConsumerLagMonitor("127.0.0.1:1", "g", "actions", registry=worker).lag = {("actions", 0): 3}
+    lag = ConsumerLagMonitor("127.0.0.1:1", "g", "actions", registry=worker)
+    lag.lag = {("actions", 0): 3}
+    lag.assign([("actions", 0)])
     worker.register(JoinerCollector(Joiner()))
+    worker.register(RedisMemoryCollector(FakeRedis()))
 
     class Both:  # the default registry (worker, features writer, producer) plus the trainer's
         def collect(self) -> Iterable[Metric]:
@@ -176,6 +189,7 @@ def test_consumer_lag_monitor_exports_one_gauge_per_partition():
     monitor = ConsumerLagMonitor("127.0.0.1:1", "rtrec-worker", "actions", registry=registry)
     assert [s for f in registry.collect() for s in f.samples if s.name.endswith("_messages")] == []
     monitor.lag = monitor.read_once(FakeConsumer())
+    monitor.assign([("actions", 0), ("actions", 1), ("actions", 2)])  # one worker owns every partition
     for partition, lag in {"0": 0, "1": 25, "2": 60}.items():
         assert value("rtrec_worker_consumer_lag_messages", {"topic": "actions", "partition": partition},
                      registry) == lag
