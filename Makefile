@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test demo soak bench clean
+.PHONY: install test demo soak bench check-dashboards clean secrets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,18 @@ demo: install
 soak: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+# Every Grafana panel's queries return data through a real Prometheus (needs `prometheus` on PATH:
+# apt-get install prometheus) scraping `rtrec up` with deploy/prometheus's scrape settings and rules.
+check-dashboards: install
+	$(BIN)/python -m rtrec.dashboard_check
+
 bench: install
 	for b in benchmarks/[a-z]*.py; do $(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; done
+
+# .env beside docker-compose.yml with random RTREC_API_KEY, RTREC_PS_TOKEN, GRAFANA_ADMIN_PASSWORD
+# (mode 0600); an existing .env keeps its values. `docker compose up` refuses to start without them.
+secrets:
+	$(PYTHON) deploy/make_secrets.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

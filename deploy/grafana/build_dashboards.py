@@ -38,11 +38,13 @@ class Row:
     title: str
 
 
-def quantiles(metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> list[tuple[str, str]]:
-    """``histogram_quantile`` queries over ``<metric>_bucket`` summed over instances (kept: ``by``)."""
+def quantiles(metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.95, 0.99),
+              window: str = RATE) -> list[tuple[str, str]]:
+    """``histogram_quantile`` queries over ``<metric>_bucket`` summed over instances (kept: ``by``).
+    ``window``: longer than ``$__rate_interval`` for a histogram observed less often than that."""
     keep = f"le, {by}" if by else "le"
     legend_by = f"{{{{{by}}}}} " if by else ""
-    return [(f"histogram_quantile({q}, sum by ({keep}) (rate({metric}_bucket[{RATE}])))",
+    return [(f"histogram_quantile({q}, sum by ({keep}) (rate({metric}_bucket[{window}])))",
              f"{legend_by}p{round(q * 100)}") for q in qs]
 
 
@@ -68,8 +70,9 @@ PIPELINE = [
            rate_by("rtrec_producer_delivery_errors_total", legend="delivery errors")], "ops"),
     Row("Lag"),
     Panel("Consumer lag (messages) by partition", "End offset minus the worker group's committed offset. "
-          "Every worker reports the whole group, hence max. Growing = workers fall behind: add workers "
-          "(up to the partition count).",
+          "Each partition is reported by the worker it is assigned to; max per partition absorbs the few "
+          "seconds after a rebalance when two workers report one partition. Growing = workers fall behind: "
+          "add workers (up to the partition count).",
           [("max by (topic, partition) (rtrec_worker_consumer_lag_messages)", "{{topic}}/{{partition}}"),
            ("sum(max by (topic, partition) (rtrec_worker_consumer_lag_messages))", "total")], "short"),
     Panel("Event-time lag", "Wall clock minus the newest event time in the last processed batch, per worker.",
@@ -157,8 +160,10 @@ PARAM_SERVER = [
     Panel("Snapshot age", "Seconds since each shard's last snapshot (since start when none). More than two "
           "snapshot intervals = snapshots fail.",
           [("rtrec_param_server_snapshot_age_seconds", "{{instance}}")], "s"),
-    Panel("Snapshot duration", "Time to write one atomic snapshot.",
-          quantiles("rtrec_param_server_snapshot_duration_seconds", qs=(0.5, 0.99)), "s"),
+    Panel("Snapshot duration", "Time to write one atomic snapshot, over the last 10 minutes (a shard "
+          "snapshots once per RTREC_SNAPSHOT_INTERVAL_S, 60 s by default: a shorter window would be empty "
+          "between two snapshots).",
+          quantiles("rtrec_param_server_snapshot_duration_seconds", qs=(0.5, 0.99), window="10m"), "s"),
     Panel("Shard version", "Version of each shard's state (moves with every push).",
           [("rtrec_param_server_version", "{{instance}}")], "short", width=24),
 ]

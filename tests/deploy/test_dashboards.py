@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import yaml
+
+from rtrec.dashboard_check import drive_serving, send_invalid_events
+from rtrec.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
@@ -183,48 +184,10 @@ def test_every_dashboard_metric_is_in_the_readme_metrics_table():
 # against a running stack
 
 
-def _post(url: str, body: dict) -> None:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})
-    urllib.request.urlopen(request, timeout=10).read()
-
-
-def _get(url: str) -> None:
-    try:
-        urllib.request.urlopen(url, timeout=10).read()
-    except urllib.error.HTTPError:
-        pass  # 404s are wanted: they feed rtrec_serving_request_errors_total
-
-
 def exported_names(url: str) -> set[str]:
     from rtrec.metrics_http import scrape
 
     return {key.split("{", 1)[0] for key in scrape(url)}
-
-
-def drive_serving(serving: str) -> None:
-    """At least one request on every endpoint the serving dashboard shows, errors included."""
-    for n in range(5):
-        _post(f"{serving}/recommend", {"user_id": f"u{n}", "k": 5})
-        _post(f"{serving}/score", {"user_id": f"u{n}", "item_ids": ["i1", "i2"]})
-    _get(f"{serving}/healthz")
-    _get(f"{serving}/similar/items/i1")
-    _get(f"{serving}/embeddings/item/no-such-item")  # 404
-
-
-def send_invalid_events(kafka: str) -> None:
-    from kafka import KafkaProducer
-
-    from rtrec.settings import Settings
-
-    producer = KafkaProducer(bootstrap_servers=kafka)
-    try:
-        topic = Settings.model_fields["actions_topic"].default
-        producer.send(topic, key=b"u-bad", value=b"not json at all")
-        producer.send(topic, key=b"u-bad", value=b'{"event_id": "bad", "action": "click", "ts": "yesterday"}')
-        producer.flush(timeout=10)
-    finally:
-        producer.close(timeout=5)
 
 
 @pytest.mark.integration
@@ -237,7 +200,7 @@ def test_every_dashboard_metric_is_exported_by_the_stack():
         assert ready["ready"] is True, ready
         # one endpoint per process: parameter server, worker, serving, simulator
         assert len(ready["metrics"]) == 4 and len(set(ready["metrics"])) == 4, ready["metrics"]
-        send_invalid_events(ready["kafka"])
+        send_invalid_events(ready["kafka"], Settings().actions_topic)
         deadline = time.monotonic() + STACK_TIMEOUT_S
         missing = sorted(wanted)
         while missing and time.monotonic() < deadline:
