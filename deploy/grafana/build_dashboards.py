@@ -154,8 +154,10 @@ PARAM_SERVER = [
     Panel("Keys / s", "IDs read by pulls and IDs (with repeats) in pushes.",
           [rate_by("rtrec_param_server_pull_keys_total", legend="pulled"),
            rate_by("rtrec_param_server_push_keys_total", legend="pushed")], "ops"),
-    Panel("Request errors / s", "Requests answered with an error, by kind.",
-          [rate_by("rtrec_param_server_request_errors_total", "kind")], "ops"),
+    Panel("Request errors / s", "Requests answered with an error, by kind (0 while there are none: the "
+          "counter has no series before its first error).",
+          [(f"sum by (kind) (rate(rtrec_param_server_request_errors_total[{RATE}])) or vector(0)", "{{kind}}")],
+          "ops"),
     Row("Snapshots and versions"),
     Panel("Snapshot age", "Seconds since each shard's last snapshot (since start when none). More than two "
           "snapshot intervals = snapshots fail.",
@@ -179,7 +181,7 @@ SERVING = [
             f'rtrec_serving_request_duration_seconds_bucket{{endpoint="/recommend"}}[{RATE}])))', f"p{p}")
            for q, p in ((0.5, 50), (0.95, 95), (0.99, 99))], "s"),
     Panel("Errors / s", "Responses with status >= 400, by route and status.",
-          [(f"sum by (endpoint, status) (rate(rtrec_serving_request_errors_total[{RATE}]))",
+          [(f"sum by (endpoint, status) (rate(rtrec_serving_request_errors_total[{RATE}])) or vector(0)",
             "{{endpoint}} {{status}}")], "reqps"),
     Panel("Cold-start share", "Share of /recommend answered by the cold-start list (trending/popular), "
           "over the rate window, and since the process started.",

@@ -439,6 +439,24 @@ def test_prometheus_scrapes_every_rtrec_service_and_only_compose_services():
     assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
 
 
+def test_prometheus_loads_the_alert_rules_from_beside_its_config():
+    """prometheus.yml names its rule files relative to itself: each must be mounted beside it."""
+    prometheus = yaml.safe_load(PROMETHEUS_FILE.read_text(encoding="utf-8"))
+    assert prometheus["rule_files"], "no alert rules loaded"
+    mounts = bind_mounts(load_compose()["services"]["prometheus"])
+    for name in prometheus["rule_files"]:
+        assert (PROMETHEUS_FILE.parent / name).is_file(), name
+        assert mounts[f"./deploy/prometheus/{name}"] == f"/etc/prometheus/{name}", f"{name} is not mounted"
+
+
+def test_redis_has_a_memory_limit_that_refuses_writes_rather_than_evicting_features():
+    """Without maxmemory the RtrecRedisMemoryNearLimit alert can never fire; eviction would drop
+    features and idempotency keys silently, a refused write is retried by the worker instead."""
+    command = load_compose()["services"]["redis"]["command"]
+    flags = dict(zip(command[1::2], command[2::2]))
+    assert flags["--maxmemory"] and flags["--maxmemory-policy"] == "noeviction"
+
+
 def test_every_rtrec_service_serves_metrics_on_all_interfaces():
     """Prometheus scrapes from its own container: a metrics endpoint on 127.0.0.1 would be unreachable."""
     for name, svc in rtrec_services(load_compose()).items():
