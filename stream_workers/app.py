@@ -25,6 +25,8 @@ from faust.exceptions import ConsumerNotStarted
 from rtrec.errors import RtrecError
 from rtrec.settings import Settings
 from stream_workers.pipeline import BatchResult
+from stream_workers.transport import UNDECODABLE
+from stream_workers.validation import DeadLetter, UndecodableBatch
 
 #: Seconds between retries of a batch whose processing failed (Redis down, parameter server away).
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
@@ -48,6 +50,8 @@ class Pipeline(Protocol):
                 assignment: Collection[tuple[str, int]] | None = None) -> BatchResult: ...
 
     def assign(self, assignment: Collection[tuple[str, int]]) -> None: ...
+
+    def report_undecodable(self, batches: Sequence[UndecodableBatch]) -> list[DeadLetter]: ...
 
 
 def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
@@ -84,10 +88,12 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
             if result.dead_letters:
                 log.warning("dead-lettered %d of %d messages; first reason: %s",
                             len(result.dead_letters), len(values), result.dead_letters[0].reason)
+            await send_undecodable(pipeline, dlq)
 
     @app.timer(ASSIGNMENT_REPORT_S)
     async def report_assignment() -> None:
         await send_assignment(pipeline, lambda: assigned_partitions(app.consumer.assignment()))
+        await send_undecodable(pipeline, dlq)  # also when nothing decodable arrives
 
     return app
 
@@ -129,6 +135,23 @@ async def send_assignment(pipeline: Pipeline, assignment: Callable[[], list[tupl
     except (OSError, RtrecError, ConsumerNotStarted) as exc:
         log.warning("could not report the partition assignment to the pipeline (%r); next try in %.0f s",
                     exc, ASSIGNMENT_REPORT_S)
+
+
+async def send_undecodable(pipeline: Pipeline, dlq: faust.TopicT) -> None:
+    """Dead-letter the record batches the consumer skipped (:data:`stream_workers.transport.UNDECODABLE`),
+    counted by the pipeline; on failure they wait for the next report."""
+    batches = UNDECODABLE.take()
+    if not batches:
+        return
+    try:
+        letters = await asyncio.to_thread(pipeline.report_undecodable, batches)
+    except (OSError, RtrecError) as exc:
+        UNDECODABLE.put_back(batches)
+        log.warning("could not report %d undecodable record batches (%r); next try in %.0f s",
+                    len(batches), exc, ASSIGNMENT_REPORT_S)
+        return
+    for letter in letters:
+        await dlq.send(value=letter.to_json())
 
 
 async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, starts: dict,

@@ -19,12 +19,12 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Collection, Mapping, Sequence
 
 from features.writer import WriteResult
 from stream_workers.pipeline import BatchResult
-from stream_workers.validation import DeadLetter
+from stream_workers.validation import DeadLetter, UndecodableBatch
 
 _LEN = struct.Struct(">I")
 #: Largest frame accepted from the other side (a batch of 1,000 16 KiB events is 16 MiB).
@@ -41,12 +41,14 @@ class BatchRequest:
     partitions: list[int] | None
     attempt: int = 0
     assignment: list[tuple[str, int]] | None = None
+    undecodable: list[UndecodableBatch] = field(default_factory=list)  # batches the consumer skipped
 
 
 def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping[int, int]] | None,
                    starts: Mapping[str, Mapping[int, int]] | None = None,
                    partitions: Sequence[int] | None = None, *, attempt: int = 0,
-                   assignment: Collection[tuple[str, int]] | None = None) -> bytes:
+                   assignment: Collection[tuple[str, int]] | None = None,
+                   undecodable: Sequence[UndecodableBatch] = ()) -> bytes:
     """``starts``: topic -> partition -> offset of the batch's first message (for recovery);
     ``partitions``: each message's partition (None: not known); ``attempt``: 0 for a batch's
     first try; ``assignment``: the (topic, partition) pairs the consumer owns (None: not known)."""
@@ -55,6 +57,7 @@ def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping
                          "partitions": None if partitions is None else [int(p) for p in partitions],
                          "attempt": int(attempt),
                          "assignment": None if assignment is None else sorted([str(t), int(p)] for t, p in assignment),
+                         "undecodable": [b.as_dict() for b in undecodable],
                          }).encode()
     return _LEN.pack(len(header)) + header + b"".join(v for v in values if v is not None)
 
@@ -84,7 +87,8 @@ def decode_batch_request(frame: bytes) -> BatchRequest:
     assignment = header.get("assignment")
     return BatchRequest(values, offsets, starts, None if partitions is None else [int(p) for p in partitions],
                         int(header.get("attempt", 0)),
-                        None if assignment is None else [(str(t), int(p)) for t, p in assignment])
+                        None if assignment is None else [(str(t), int(p)) for t, p in assignment],
+                        [UndecodableBatch.from_dict(d) for d in header.get("undecodable", [])])
 
 
 def encode_result(result: BatchResult) -> bytes:

@@ -49,6 +49,10 @@ JOINER_PENDING = Gauge("rtrec_worker_joiner_pending", "Impressions waiting for a
 EVENT_LAG = Gauge("rtrec_worker_event_lag_seconds", "Wall clock minus the newest event time processed.")
 # Counted where the batch runs (BatchPipeline.process with attempt > 0), i.e. in the pipeline
 # process that serves the worker's metrics; the Faust process only numbers the attempts.
+UNDECODABLE_BATCHES = Counter("rtrec_worker_undecodable_batches_total",
+                              "Kafka record batches the consumer could not decode (codec, corrupt payload): "
+                              "skipped and recorded in the dead-letter topic by topic/partition/offsets.",
+                              ["topic"])
 BATCH_RETRIES = Counter("rtrec_worker_batch_retries_total",
                         "Attempts at a micro-batch after a failed one (Redis, parameter server or pipeline process away).")
 

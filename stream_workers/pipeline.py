@@ -32,7 +32,7 @@ from rtrec.events import Event, action_label
 from rtrec.recipe.joiner import Joiner, LabelledExample
 from rtrec.settings import DEFAULT_MAX_EVENT_AHEAD_S
 from stream_workers import metrics
-from stream_workers.validation import DeadLetter, split_batch
+from stream_workers.validation import DeadLetter, UndecodableBatch, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,12 @@ class BatchPipeline:
         except Exception:
             metrics.BATCH_FAILURES.inc()  # the caller logs it and retries the batch
             raise
+
+    def report_undecodable(self, batches: Sequence[UndecodableBatch]) -> list[DeadLetter]:
+        """Count record batches the consumer skipped; their dead letters, for the caller to send."""
+        for batch in batches:
+            metrics.UNDECODABLE_BATCHES.labels(batch.topic).inc()
+        return [batch.dead_letter() for batch in batches]
 
     def assign(self, assignment: Collection[tuple[str, int]]) -> None:
         """The ``(topic, partition)`` pairs the consumer owns now, also between batches (a worker

@@ -28,6 +28,7 @@ from stream_workers.batch_frames import (BatchRequest, decode_batch_request, dec
                                          encode_request, encode_result, read_frame, write_frame)
 from features.writer import WriteResult
 from stream_workers.pipeline import BatchPipeline, BatchResult
+from stream_workers.validation import DeadLetter, UndecodableBatch
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,17 @@ class PipelineProcess:
                 assignment: Collection[tuple[str, int]] | None = None) -> BatchResult:
         """Send one batch and wait for its result (the GIL is free while waiting); ``attempt`` and
         ``assignment`` travel with it (see :meth:`stream_workers.pipeline.BatchPipeline.process`)."""
+        return self._exchange(encode_request(values, offsets, starts, partitions,
+                                             attempt=attempt, assignment=assignment))
+
+    def _exchange(self, frame: bytes) -> BatchResult:
+        """One request frame to the child and its result; restarts a dead child first."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
             assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
             try:
-                write_frame(self._proc.stdin, encode_request(values, offsets, starts, partitions,
-                                                             attempt=attempt, assignment=assignment))
+                write_frame(self._proc.stdin, frame)
                 result = decode_result(read_frame(self._proc.stdout))
             except (EOFError, BrokenPipeError, ValueError) as exc:
                 log.error("pipeline process failed (%r); restarting it", exc)
@@ -74,6 +79,11 @@ class PipelineProcess:
     def assign(self, assignment: Collection[tuple[str, int]]) -> None:
         """Tell the pipeline process which partitions the consumer owns now (a frame without messages)."""
         self.process([], assignment=assignment)
+
+    def report_undecodable(self, batches: Sequence[UndecodableBatch]) -> list[DeadLetter]:
+        """Have the pipeline process count skipped record batches (its metrics are the worker's);
+        returns their dead letters."""
+        return self._exchange(encode_request([], None, undecodable=batches)).dead_letters
 
     def close(self) -> None:
         with self._lock:
@@ -144,10 +154,11 @@ def child_main() -> int:
 
 def answer(pipeline: BatchPipeline, request: BatchRequest) -> bytes:
     """The result frame of one request: a batch run through ``pipeline``, or an assignment update."""
-    if not request.values:  # no batch: only the assignment (a failed batch's kept examples stay)
+    if not request.values:  # no batch: the assignment or skipped record batches (a failed batch's kept examples stay)
         if request.assignment is not None:
             pipeline.assign(request.assignment)
-        return encode_result(BatchResult(0, [], WriteResult(0, 0), 0))
+        letters = pipeline.report_undecodable(request.undecodable)
+        return encode_result(BatchResult(0, letters, WriteResult(0, 0), 0))
     try:
         return encode_result(pipeline.process(request.values, request.offsets, request.starts, request.partitions,
                                               attempt=request.attempt, assignment=request.assignment))

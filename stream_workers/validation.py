@@ -30,6 +30,38 @@ class DeadLetter:
         return json.dumps({"reason": self.reason, "raw": text}, ensure_ascii=False).encode()
 
 
+@dataclass(frozen=True)
+class UndecodableBatch:
+    """A Kafka record batch the consumer could not decode (a codec it lacks, a corrupt compressed
+    payload): skipped so the partition moves on, and recorded in the dead-letter topic by where it
+    was, since there is no message to keep."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    next_offset: int
+    reason: str
+
+    def dead_letter(self) -> DeadLetter:
+        """The dead letter of the batch: the reason names topic, partition and offsets; ``raw`` is empty.
+
+        >>> UndecodableBatch("actions", 2, 40, 45, "lz4: bad block").dead_letter().reason
+        'undecodable record batch: actions/2 offsets 40-44 (5 messages) skipped: lz4: bad block'
+        """
+        count = self.next_offset - self.first_offset
+        return DeadLetter(f"undecodable record batch: {self.topic}/{self.partition} offsets "
+                          f"{self.first_offset}-{self.next_offset - 1} ({count} messages) skipped: {self.reason}", b"")
+
+    def as_dict(self) -> dict:
+        return {"topic": self.topic, "partition": self.partition, "first_offset": self.first_offset,
+                "next_offset": self.next_offset, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UndecodableBatch":
+        return cls(str(d["topic"]), int(d["partition"]), int(d["first_offset"]), int(d["next_offset"]),
+                   str(d["reason"]))
+
+
 def split_batch(values: Sequence[bytes | None], now: float | None = None,
                 max_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S) -> tuple[list[Event], list[DeadLetter]]:
     """Parse every message of a batch; never raises (a message value may even be missing).

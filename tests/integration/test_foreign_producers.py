@@ -51,3 +51,53 @@ def test_every_event_of_a_librdkafka_producer_reaches_the_features(pipeline: Pip
     os.kill(worker_pid, 0)  # the worker that started the module still runs (raises if it died)
     worker = next(p for p in pipeline.processes if p.name.startswith("worker"))
     assert worker.alive(), worker.tail()
+
+
+def send_poison_batch(bootstrap: str, topic: str, partition: int) -> None:
+    """One lz4 record batch whose compressed payload is garbage (CRC intact), as a buggy producer
+    could write it: the broker stores it as it is, and only a consumer finds out."""
+    import asyncio
+    import struct
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.record._crc32c import crc as crc32c
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type="lz4", acks=1)
+        await producer.start()
+        try:
+            batch = producer.create_batch()
+            for n in range(5):
+                batch.append(key=b"poison", value=b'{"n": %d}' % n, timestamp=None)
+            buf = bytearray(batch._build())  # the built v2 batch; its 61-byte header stays readable
+            for i in range(61, len(buf)):
+                buf[i] ^= 0x5A
+            struct.pack_into(">I", buf, 17, crc32c(bytes(buf[21:])))
+            batch._buffer = bytes(buf)
+            await (await producer.send_batch(batch, topic, partition=partition))
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def test_an_undecodable_batch_is_dead_lettered_and_the_partition_goes_on(pipeline: Pipeline) -> None:
+    from rtrec.metrics_http import scrape
+    from tests.kafka_helpers import consume_all
+
+    worker = next(p for p in pipeline.processes if p.name.startswith("worker"))
+    for partition in range(4):  # whichever partition the next events land on has a poison batch first
+        send_poison_batch(pipeline.kafka, pipeline.topic, partition)
+    run = f"after-poison-{uuid.uuid4().hex[:6]}"
+    produce_with_librdkafka(pipeline.kafka, pipeline.topic, traffic(run, users=4, per_user=10), "lz4")
+    reader = FeatureReader(redis.Redis.from_url(pipeline.redis_url))
+    users = [f"{run}-u{u}" for u in range(4)]
+    wait_until(lambda: all(u["counts"].get("click_24h") == 5 for u in reader.users(users)), timeout_s=60,
+               what="features of the events after the poison batches")
+    letters = [d for d in consume_all(pipeline.kafka, pipeline.dlq, 4, timeout_s=30)
+               if d["reason"].startswith("undecodable record batch")]
+    assert sorted(int(d["reason"].split("/")[1].split(" ")[0]) for d in letters) == [0, 1, 2, 3]
+    assert all("(5 messages) skipped" in d["reason"] and d["raw"] == "" for d in letters)
+    wait_until(lambda: scrape(pipeline.workers[0]["metrics"]).get("rtrec_worker_undecodable_batches_total", 0) >= 4,
+               timeout_s=20, what="the undecodable-batch counter")
+    assert worker.alive(), worker.tail()
