@@ -10,7 +10,13 @@ Faust agent that does nothing (benchmarks/faust_noop.py).
 ``events_lost`` is checked against Redis itself: the stream-wide 24 h window count must equal the
 number of events sent.
 
-    python -m benchmarks.ingest [--events 200000] [--workers 1]
+What durability costs: the same run again on a durable stack (``rtrec up --data-dir``: the broker
+on its on-disk object store, Redis with its AOF fsynced every second, snapshots on disk) in a
+temporary folder. ``durable_events_per_s`` is measured the same way; ``durable_ratio`` is it over
+the in-memory run's ``events_per_s`` of the same invocation; ``durable_produce_ratio`` compares how
+fast the broker took the events (there every produce is a file written through the object store).
+
+    python -m benchmarks.ingest [--events 200000] [--workers 1] [--no-durable]
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import argparse
 import asyncio
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -28,7 +37,7 @@ from benchmarks.common import report, total
 from features.reader import FeatureReader
 from producers.client import EventProducer
 from producers.simulator import ClickSimulator, SimulatorConfig
-from rtrec.settings import load_settings
+from rtrec.settings import Settings, load_settings
 from rtrec.stack.launcher import LocalStack, StackOptions, read_ready_line
 from rtrec.stack.process import ManagedProcess, free_port
 
@@ -87,23 +96,36 @@ def faust_noop_rate(stack: LocalStack, n: int) -> float:
         noop.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args()
-    settings = load_settings(log_level="WARNING")
-    events = simulated_events(args.events)
-    print(f"generated {len(events):,} simulated events", flush=True)
-    with LocalStack(settings, StackOptions(simulate=False, workers=0)) as stack:  # broker, Redis, param server
+@dataclass(frozen=True)
+class IngestRun:
+    """One end-to-end run: produce everything, then drain it through the workers."""
+
+    produce_events_per_s: float
+    events_per_s: float
+    seconds: float
+    seconds_with_startup: float
+    events_lost: int
+    examples: float
+    trained: float
+    raw_consume_events_per_s: float | None = None
+    faust_noop_events_per_s: float | None = None
+
+
+def ingest(settings: Settings, events: list, workers: int, data_dir: Path | None,
+           baselines: bool) -> IngestRun:
+    """Produce ``events`` into a fresh stack (durable in ``data_dir``, or in memory), then time the workers."""
+    label = "durable" if data_dir is not None else "in-memory"
+    options = StackOptions(simulate=False, workers=0, data_dir=data_dir)  # broker, Redis, param server
+    with LocalStack(settings, options) as stack:
         start = time.perf_counter()
         with EventProducer(stack.info.kafka, settings.actions_topic, linger_ms=20, batch_bytes=1 << 20) as producer:
             producer.send_many(events)
         produced_s = time.perf_counter() - start
-        print(f"produced in {produced_s:.1f} s ({len(events) / produced_s:,.0f} events/s, kafka-python)", flush=True)
+        print(f"[{label}] produced in {produced_s:.1f} s ({len(events) / produced_s:,.0f} events/s, kafka-python)",
+              flush=True)
         start = time.perf_counter()
-        workers, urls = start_workers(stack, args.workers)
-        print(f"{args.workers} worker(s) started in {time.perf_counter() - start:.1f} s; draining", flush=True)
+        procs, urls = start_workers(stack, workers)
+        print(f"[{label}] {workers} worker(s) started in {time.perf_counter() - start:.1f} s; draining", flush=True)
         applied = 0.0
         deadline = time.monotonic() + 600
         while (applied := total(urls, "rtrec_features_events_applied_total")) == 0 and time.monotonic() < deadline:
@@ -114,8 +136,6 @@ def main() -> None:
             time.sleep(0.25)  # scraping costs the workers CPU: not too often
             applied = total(urls, "rtrec_features_events_applied_total")
         done = time.perf_counter()
-        with_startup = done - start
-        elapsed = done - first
         examples = total(urls, "rtrec_worker_examples_total")
         deadline = time.monotonic() + 120  # the joiner's last examples are trained with the final batch
         while (trained := total(urls, "rtrec_trainer_examples_total")) < examples and time.monotonic() < deadline:
@@ -125,24 +145,56 @@ def main() -> None:
         counted = sum(n for name, n in reader.stream()["counts"].items() if name.endswith("_24h"))
         batches = total(urls, "rtrec_worker_batch_size_count")
         busy = total(urls, "rtrec_worker_batch_seconds_sum")
-        print(f"worker batches: {batches:,.0f}, mean size {len(events) / max(batches, 1):,.0f}, "
+        print(f"[{label}] worker batches: {batches:,.0f}, mean size {len(events) / max(batches, 1):,.0f}, "
               f"pipeline busy {busy:.1f} s of {time.perf_counter() - start:.1f} s", flush=True)
-        for worker in workers:
+        for worker in procs:
             worker.stop()
-        raw = asyncio.run(raw_consume(stack.info.kafka, settings.actions_topic, len(events)))
-        faust_noop = faust_noop_rate(stack, len(events))
-    events_per_s = (len(events) - first_applied) / elapsed
-    print(f"end to end: {len(events):,} events in {with_startup:.1f} s including worker start-up; "
-          f"sustained from the first applied batch {events_per_s:,.0f} events/s; "
+        raw = faust_noop = None
+        if baselines:
+            raw = asyncio.run(raw_consume(stack.info.kafka, settings.actions_topic, len(events)))
+            faust_noop = faust_noop_rate(stack, len(events))
+    return IngestRun(len(events) / produced_s, (len(events) - first_applied) / (done - first), done - first,
+                     done - start, len(events) - counted, examples, trained, raw, faust_noop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--no-durable", action="store_true", help="skip the run on the durable stack")
+    args = parser.parse_args()
+    settings = load_settings(log_level="WARNING")
+    events = simulated_events(args.events)
+    print(f"generated {len(events):,} simulated events", flush=True)
+    run = ingest(settings, events, args.workers, None, baselines=True)
+    assert run.raw_consume_events_per_s and run.faust_noop_events_per_s
+    raw, faust_noop = run.raw_consume_events_per_s, run.faust_noop_events_per_s
+    print(f"end to end: {len(events):,} events in {run.seconds_with_startup:.1f} s including worker start-up; "
+          f"sustained from the first applied batch {run.events_per_s:,.0f} events/s; "
           f"raw consumer {raw:,.0f} events/s; no-op Faust agent {faust_noop:,.0f} events/s; "
-          f"examples {examples:,.0f}, trained {trained:,.0f}")
-    report("ingest", {
-        "events": len(events), "workers": args.workers, "events_per_s": round(events_per_s),
-        "raw_consume_events_per_s": round(raw), "ratio_to_raw": round(events_per_s / raw, 3),
-        "faust_noop_events_per_s": round(faust_noop), "ratio_to_faust_noop": round(events_per_s / faust_noop, 3),
-        "events_lost": len(events) - counted, "examples": int(examples), "examples_trained": int(trained),
-        "seconds": round(elapsed, 2), "seconds_with_startup": round(with_startup, 2),
-    })
+          f"examples {run.examples:,.0f}, trained {run.trained:,.0f}", flush=True)
+    figures = {
+        "events": len(events), "workers": args.workers, "events_per_s": round(run.events_per_s),
+        "raw_consume_events_per_s": round(raw), "ratio_to_raw": round(run.events_per_s / raw, 3),
+        "faust_noop_events_per_s": round(faust_noop), "ratio_to_faust_noop": round(run.events_per_s / faust_noop, 3),
+        "events_lost": run.events_lost, "examples": int(run.examples), "examples_trained": int(run.trained),
+        "seconds": round(run.seconds, 2), "seconds_with_startup": round(run.seconds_with_startup, 2),
+        "produce_events_per_s": round(run.produce_events_per_s),
+    }
+    if not args.no_durable:
+        with tempfile.TemporaryDirectory(prefix="rtrec-ingest-durable-") as folder:
+            durable = ingest(settings, events, args.workers, Path(folder), baselines=False)
+        print(f"durable stack: sustained {durable.events_per_s:,.0f} events/s "
+              f"({durable.events_per_s / run.events_per_s:.2f} of in-memory), produced at "
+              f"{durable.produce_events_per_s:,.0f} events/s", flush=True)
+        figures.update({
+            "durable_events_per_s": round(durable.events_per_s),
+            "durable_ratio": round(durable.events_per_s / run.events_per_s, 3),
+            "durable_produce_events_per_s": round(durable.produce_events_per_s),
+            "durable_produce_ratio": round(durable.produce_events_per_s / run.produce_events_per_s, 3),
+            "durable_events_lost": durable.events_lost, "durable_seconds": round(durable.seconds, 2),
+        })
+    report("ingest", figures)
 
 
 if __name__ == "__main__":

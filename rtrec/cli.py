@@ -20,6 +20,9 @@ from rtrec.settings import Settings, load_settings
 
 log = logging.getLogger("rtrec")
 
+#: Where ``rtrec up`` keeps its state unless told ``--data-dir`` or ``--ephemeral``.
+DEFAULT_DATA_DIR = Path(".rtrec")
+
 
 class StopFlag:
     """Set by SIGINT/SIGTERM so long loops end cleanly (flush, print their summary).
@@ -56,12 +59,15 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     stop = StopFlag()
     options = StackOptions(simulate=not args.no_simulate, simulate_rate=args.rate,
-                           param_servers=args.param_servers, workers=args.workers)
+                           param_servers=args.param_servers, workers=args.workers,
+                           data_dir=None if args.ephemeral else args.data_dir or DEFAULT_DATA_DIR)
     stack = LocalStack(settings, options)
     try:
         info = stack.start()
         print(info.as_line(), flush=True)
-        log.info("stack ready; logs in %s; Ctrl-C or SIGTERM stops it", stack.workdir)
+        log.info("stack ready; %s; logs in %s; Ctrl-C or SIGTERM stops it",
+                 f"state in {stack.data_dir} (resumed by the next `rtrec up` on it)" if stack.durable
+                 else "ephemeral (state deleted at stop)", stack.workdir)
         while not stop.wait(1.0):
             if (failure := stack.check_children()) is not None:
                 log.error("a component died, stopping the stack: %s", failure)
@@ -147,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate", type=float, default=200.0, help="simulated events/s (default 200)")
     up.add_argument("--param-servers", type=int, default=1, help="parameter-server shards")
     up.add_argument("--workers", type=int, default=1, help="stream worker processes")
+    keep = up.add_mutually_exclusive_group()
+    keep.add_argument("--data-dir", type=Path, default=None,
+                      help=f"keep the broker's log, Redis's AOF and the parameter-server snapshots here and "
+                           f"resume from them at the next start (default {DEFAULT_DATA_DIR}/)")
+    keep.add_argument("--ephemeral", action="store_true",
+                      help="keep everything in memory and a temporary folder, deleted at stop")
     up.set_defaults(func=cmd_up)
 
     sim = sub.add_parser("simulate", help="stream synthetic clicks into Kafka")

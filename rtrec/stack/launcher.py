@@ -4,15 +4,29 @@ Starts the broker and Redis, creates the topics, then each rtrec component that 
 installation (parameter-server shards, stream worker, serving, simulator) as a child process
 configured through ``RTREC_*`` variables, and collects their endpoints into the ready line of
 CONTRACT.md. Everything it started is stopped with it.
+
+Ephemeral (``data_dir=None``): the broker and Redis keep everything in memory and the rest lives in
+a temporary folder deleted at stop. Durable (``data_dir=DIR``): the state stays in DIR, and a stack
+started again on DIR resumes where the last one stopped::
+
+    DIR/broker/          the broker's log, topics and committed offsets (rtrec.stack.object_store)
+    DIR/redis/           Redis's append-only file (features, catalogue, dedupe marks)
+    DIR/snapshots-<k>/   parameter-server shard k's snapshots (restored by the shard at start)
+    DIR/worker-<n>/      worker n's Faust data folder
+    DIR/logs/            every process's log (appended to across restarts)
+    DIR/stack.json       the loopback ports (reused while free, so URLs stay valid) and the shard count
+    DIR/.lock            held while a stack runs on DIR: a second one is refused
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +37,8 @@ from pathlib import Path
 
 from rtrec.errors import StackError
 from rtrec.settings import Settings
-from rtrec.stack.broker import Broker, ensure_topics
+from rtrec.stack.broker import Broker, ensure_topics, s3_environment
+from rtrec.stack.object_store import ObjectStoreServer
 from rtrec.stack.process import ManagedProcess, free_port, wait_for_port
 from rtrec.stack.redis_server import RedisServer
 
@@ -41,7 +56,8 @@ class StackOptions:
     param_servers: int = 1
     workers: int = 1
     components: bool = True  # False: broker and Redis only (tests)
-    workdir: Path | None = None
+    workdir: Path | None = None  # logs and scratch; None = a temporary folder (DIR/logs when durable)
+    data_dir: Path | None = None  # durable: keep all state here and resume it; None = ephemeral
 
 
 @dataclass
@@ -78,21 +94,52 @@ class LocalStack:
     def __init__(self, settings: Settings, options: StackOptions | None = None) -> None:
         self.settings = settings
         self.options = options or StackOptions()
-        self._own_workdir = self.options.workdir is None
-        self.workdir = self.options.workdir or Path(tempfile.mkdtemp(prefix="rtrec-stack-"))
-        self.broker = Broker(self.workdir)
-        self.redis = RedisServer(self.workdir, binary=settings.redis_server_bin)
+        self.data_dir = self.options.data_dir.resolve() if self.options.data_dir is not None else None
+        self._lock: DataDirLock | None = None
+        if self.data_dir is not None:
+            self._lock = DataDirLock(self.data_dir)  # before anything reads or writes the folder
+            try:
+                self.state = StackState(self.data_dir / "stack.json")
+                self.state.check_shards(self.options.param_servers)
+            except BaseException:
+                self._lock.release()
+                raise
+        else:
+            self.state = StackState(None)
+        self._own_workdir = self.options.workdir is None and self.data_dir is None
+        self.workdir = (self.options.workdir or (self.data_dir / "logs" if self.data_dir is not None
+                                                 else Path(tempfile.mkdtemp(prefix="rtrec-stack-"))))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        #: Where the components' state goes: the data folder, or the temporary workdir.
+        self.state_dir = self.data_dir or self.workdir
+        self.object_store: ObjectStoreServer | None = None
+        if self.data_dir is not None:
+            self.object_store = ObjectStoreServer(self.data_dir / "broker", self.workdir / "object-store.log",
+                                                  port=self.state.port("object-store"))
+            self.broker = Broker(self.workdir, port=self.state.port("kafka"), storage="s3://tansu/",
+                                 storage_env=s3_environment(self.object_store.endpoint))
+        else:
+            self.broker = Broker(self.workdir)
+        self.redis = RedisServer(self.workdir, port=self.state.port("redis"), binary=settings.redis_server_bin,
+                                 data_dir=self.data_dir / "redis" if self.data_dir is not None else None)
         self.children: list[ManagedProcess] = []
         self.info = ReadyInfo(kafka=self.broker.bootstrap, redis=self.redis.url)
 
+    @property
+    def durable(self) -> bool:
+        return self.data_dir is not None
+
     def start(self) -> ReadyInfo:
         """Start everything and return its endpoints; on any failure stop what started and raise."""
-        log.info("local stack in %s", self.workdir)
+        log.info("local stack in %s (%s)", self.state_dir, "durable" if self.durable else "ephemeral")
         try:
+            if self.object_store is not None:
+                self.object_store.start()
             self.broker.start()
             self.redis.start()
             ensure_topics(self.broker.bootstrap, [self.settings.actions_topic, self.settings.dlq_topic],
                           self.settings.topic_partitions)
+            self.state.record_shards(self.options.param_servers)
             if self.options.components:
                 self._start_components()
         except BaseException:
@@ -121,23 +168,29 @@ class LocalStack:
             for shard in range(opts.param_servers):
                 ready = self._spawn(f"param-server-{shard}", ["param-server"], ready_line=True, extra={
                     "RTREC_PS_SHARD": str(shard), "RTREC_PS_NUM_SHARDS": str(opts.param_servers),
-                    "RTREC_PS_PORT": "0", "RTREC_SNAPSHOT_DIR": str(self.workdir / f"snapshots-{shard}"),
+                    "RTREC_PS_PORT": self._server_port(f"param-server-{shard}"),
+                    "RTREC_SNAPSHOT_DIR": str(self.state_dir / f"snapshots-{shard}"),
                 })
                 self.info.param_server.append(ready["param_server"])
         if component_available("stream_workers.main"):
             for n in range(opts.workers):
                 self._spawn(f"worker-{n}", ["worker"], ready_line=True,
-                            extra={"RTREC_DATA_DIR": str(self.workdir / f"worker-{n}")})
+                            extra={"RTREC_DATA_DIR": str(self.state_dir / f"worker-{n}")})
         if component_available("serving.main"):
-            ready = self._spawn("serving", ["serve"], ready_line=True, extra={"RTREC_HTTP_PORT": "0"})
+            ready = self._spawn("serving", ["serve"], ready_line=True,
+                                extra={"RTREC_HTTP_PORT": self._server_port("serving")})
             self.info.serving = ready["serving"]
         if opts.simulate:
             self._spawn("simulate", ["simulate", "--rate", str(opts.simulate_rate), "--duration", "1e9"],
                         ready_line=False)
 
+    def _server_port(self, name: str) -> str:
+        """A component's listening port: the one recorded in the data folder, or 0 (it picks one)."""
+        return str(self.state.port(name)) if self.durable else "0"
+
     def _spawn(self, name: str, args: list[str], ready_line: bool, extra: dict[str, str] | None = None) -> dict:
         """Start ``rtrec <args>`` and wait until it is ready: its JSON ready line, or its metrics port."""
-        metrics_port = free_port()
+        metrics_port = self.state.port(f"{name}.metrics")
         env = self.child_env(RTREC_METRICS_PORT=str(metrics_port), **(extra or {}))
         child = ManagedProcess(name, [sys.executable, "-m", "rtrec.cli", *args], self.workdir / f"{name}.log",
                                env=env, stdout=subprocess.PIPE if ready_line else None)
@@ -161,13 +214,18 @@ class LocalStack:
         return None
 
     def stop(self) -> None:
-        """Stop the components first (so they can flush and snapshot), then Redis and the broker."""
+        """Stop the components first (so they can flush and snapshot), then Redis, the broker and its
+        storage; an ephemeral stack's folder is deleted, a durable one's kept."""
         for child in reversed(self.children):
             child.stop(grace_s=10.0)
         self.redis.stop()
         self.broker.stop()
+        if self.object_store is not None:
+            self.object_store.stop()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "LocalStack":
         self.start()
@@ -175,6 +233,106 @@ class LocalStack:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``DIR/.lock`` for as long as a stack runs on DIR.
+
+    Two stacks on one folder would interleave two brokers' and two Redises' writes; the second is
+    refused instead. The kernel drops the lock when the process dies, so a crash leaves none behind.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / ".lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "?"
+            self._file.close()
+            raise StackError(f"{data_dir} is in use by another rtrec stack (pid {holder}); stop it first "
+                             "or give another --data-dir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+class StackState:
+    """What a durable stack keeps about itself in ``DIR/stack.json``: ports by name, shard count.
+
+    A recorded port is used again while nothing listens on it, so clients' URLs stay valid across
+    restarts; otherwise a free one is taken and recorded. With ``path=None`` (ephemeral) nothing is
+    kept and every port is fresh.
+
+    >>> state = StackState(None)
+    >>> state.port("kafka") != state.port("redis")
+    True
+    """
+
+    def __init__(self, path: Path | None, host: str = "127.0.0.1") -> None:
+        self.path, self.host = path, host
+        self.data: dict = {"ports": {}}
+        if path is not None and path.exists():
+            try:
+                self.data = {"ports": {}, **json.loads(path.read_text())}
+            except ValueError as exc:
+                raise StackError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+        self._taken: set[int] = set()
+
+    def port(self, name: str) -> int:
+        """The port recorded for ``name`` if it is free now, else a new free one (then recorded)."""
+        recorded = self.data["ports"].get(name)
+        if isinstance(recorded, int) and recorded not in self._taken and port_is_free(self.host, recorded):
+            port = recorded
+        else:
+            reserved = set(self.data["ports"].values()) | self._taken
+            port = free_port(self.host)
+            while port in reserved:  # another name's recorded port, free only while it is not started
+                port = free_port(self.host)
+            if recorded is not None:
+                log.warning("port %s of %s is taken; using %d (clients must use the new URL)", recorded, name, port)
+            self.data["ports"][name] = port
+            self._save()
+        self._taken.add(port)
+        return port
+
+    def check_shards(self, param_servers: int) -> None:
+        """Refuse another shard count than the folder's snapshots were written with (IDs route by it)."""
+        recorded = self.data.get("param_servers")
+        if recorded is not None and recorded != param_servers:
+            raise StackError(f"{self.path.parent if self.path else '?'} holds the state of {recorded} "
+                             f"parameter-server shard(s); start it with --param-servers {recorded}")
+
+    def record_shards(self, param_servers: int) -> None:
+        if self.data.get("param_servers") != param_servers:
+            self.data["param_servers"] = param_servers
+            self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on ``host:port`` (a socket in TIME_WAIT does not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def read_ready_line(child: ManagedProcess, timeout_s: float) -> dict:

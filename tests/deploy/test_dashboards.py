@@ -191,10 +191,10 @@ def exported_names(url: str) -> set[str]:
 
 
 @pytest.mark.integration
-def test_every_dashboard_metric_is_exported_by_the_stack():
+def test_every_dashboard_metric_is_exported_by_the_stack(tmp_path: Path):
     wanted = dashboard_metrics()
-    proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", "up", "--rate", "300"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", "up", "--rate", "300", "--data-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     try:
         ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
         assert ready["ready"] is True, ready

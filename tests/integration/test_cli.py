@@ -42,7 +42,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def test_up_prints_ready_line_and_sigterm_leaves_no_server_behind() -> None:
-    proc = subprocess.Popen([*RTREC, "up", "--no-simulate"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([*RTREC, "up", "--no-simulate", "--ephemeral"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
     try:
         start = time.monotonic()
