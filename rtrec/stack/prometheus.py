@@ -36,6 +36,7 @@ JOB_BY_PREFIX = {
     "rtrec_worker_": "rtrec-worker",
     "rtrec_serving_": "rtrec-serving",
     "rtrec_producer_": "rtrec-simulator",
+    "rtrec_stack_": "rtrec-stack",  # the `rtrec up` process itself (its supervisor); local stack only
 }
 
 
@@ -68,15 +69,25 @@ def local_config(production: Mapping[str, Any], targets: Mapping[str, list[str]]
     return config
 
 
-def targets_of(metrics_urls: Sequence[str]) -> dict[str, list[str]]:
-    """Group ``http://host:port/metrics`` endpoints by the production job of what they export."""
+def targets_of(metrics_urls: Sequence[str], timeout_s: float = 60.0) -> dict[str, list[str]]:
+    """Group ``http://host:port/metrics`` endpoints by the production job of what they export.
+    A component may export only labelled metrics, which have no series before their first event
+    (the simulator's before its first send): such an endpoint is asked again until ``timeout_s``."""
     targets: dict[str, list[str]] = {}
+    deadline = time.monotonic() + timeout_s
     for url in metrics_urls:
         parsed = urllib.parse.urlsplit(url)
         if parsed.path not in ("", "/metrics"):
             raise StackError(f"metrics endpoint {url} is not at /metrics")
-        names = [key.split("{", 1)[0] for key in scrape(url)]
-        targets.setdefault(job_of(names), []).append(parsed.netloc)
+        while True:
+            try:
+                job = job_of([key.split("{", 1)[0] for key in scrape(url)])
+                break
+            except StackError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        targets.setdefault(job, []).append(parsed.netloc)
     return targets
 
 

@@ -72,7 +72,7 @@ def test_module_examples_hold() -> None:
 
 
 def test_make_secrets_target_runs_the_script_and_env_is_ignored_by_git() -> None:
-    dry = subprocess.run(["make", "-n", "secrets"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "secrets"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert dry.returncode == 0, dry.stderr
     assert re.search(r"python\S*\s+deploy/make_secrets\.py\s*$", dry.stdout.strip()), dry.stdout
     phony = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))

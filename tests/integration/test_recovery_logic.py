@@ -45,19 +45,21 @@ class Log:
     def read(self, ranges: Mapping[tuple[str, int], tuple[int, int]]) -> dict:
         return {tp: list(self.partitions[tp[1]][lo:hi]) for tp, (lo, hi) in ranges.items()}
 
-    def batches(self, size: int) -> list[tuple[list[bytes], dict, dict]]:
-        """(values, next offsets, first offsets): ``size`` messages round-robin over the partitions."""
+    def batches(self, size: int) -> list[tuple[list[bytes], dict, dict, list[int]]]:
+        """(values, next offsets, first offsets, each value's partition): ``size`` messages
+        round-robin over the partitions, as the worker's app hands them to the pipeline."""
         pos = {p: 0 for p in self.partitions}
         out = []
         while any(pos[p] < len(v) for p, v in self.partitions.items()):
-            values, ends, starts = [], {}, {}
+            values, ends, starts, partitions = [], {}, {}, []
             for p, msgs in self.partitions.items():
                 take = msgs[pos[p]:pos[p] + size // PARTITIONS]
                 if take:
                     starts[p], ends[p] = pos[p], pos[p] + len(take)
                     values += take
+                    partitions += [p] * len(take)
                     pos[p] += len(take)
-            out.append((values, {TOPIC: ends}, {TOPIC: starts}))
+            out.append((values, {TOPIC: ends}, {TOPIC: starts}, partitions))
         return out
 
 
@@ -119,8 +121,8 @@ def run(log: Log, restore_shard_after: int | None = None) -> tuple[list[ParamSto
     snapshot_at = None
     snapshot = None
     offsets_at_kill = None
-    for n, (values, ends, starts) in enumerate(log.batches(80)):
-        pipeline.process(values, ends, starts)
+    for n, (values, ends, starts, partitions) in enumerate(log.batches(80)):
+        pipeline.process(values, ends, starts, partitions)
         if restore_shard_after is not None and n == restore_shard_after // 2:
             snapshot = stores[1].export_state()  # the shard's last snapshot
             snapshot_at = Counter(trained[1])
