@@ -54,8 +54,14 @@ class StopFlag:
         return self()
 
 
+#: Seconds between two rounds of ``rtrec up``'s supervision (a dead component's first restart
+#: waits 0.5 s: rounds must be shorter).
+SUPERVISE_EVERY_S = 0.2
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from rtrec.stack.launcher import LocalStack, StackOptions
+    from rtrec.stack.supervision import ComponentKeepsDying
 
     stop = StopFlag()
     options = StackOptions(simulate=not args.no_simulate, simulate_rate=args.rate,
@@ -68,9 +74,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         log.info("stack ready; %s; logs in %s; Ctrl-C or SIGTERM stops it",
                  f"state in {stack.data_dir} (resumed by the next `rtrec up` on it)" if stack.durable
                  else "ephemeral (state deleted at stop)", stack.workdir)
-        while not stop.wait(1.0):
-            if (failure := stack.check_children()) is not None:
-                log.error("a component died, stopping the stack: %s", failure)
+        while not stop.wait(SUPERVISE_EVERY_S):
+            try:
+                stack.supervise(should_stop=stop)  # restarts what died; in this thread, so never during stop()
+            except ComponentKeepsDying as exc:
+                log.error("a component keeps dying, stopping the stack: %s", exc)
                 return 1
         return 0
     finally:

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     index_ivf_min_items: int = Field(50_000, ge=1, description="Catalogue size from which retrieval uses an IVF index, not exact search.")
     index_nprobe: int = Field(128, ge=1, description="IVF lists searched per query (recall against speed).")
 
+    # The local stack (rtrec up)
+    stack_max_restarts: int = Field(
+        5, ge=0, description="rtrec up restarts a component that dies, with backoff, and stops the stack when one "
+                             "died more than this many times within RTREC_STACK_RESTART_WINDOW_S (0 = never restart).")
+    stack_restart_window_s: float = Field(
+        300.0, gt=0, description="Seconds over which rtrec up counts a component's deaths against RTREC_STACK_MAX_RESTARTS.")
+
     # Every process
     metrics_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds to.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = pick a free one.")

@@ -5,6 +5,13 @@ installation (parameter-server shards, stream worker, serving, simulator) as a c
 configured through ``RTREC_*`` variables, and collects their endpoints into the ready line of
 CONTRACT.md. Everything it started is stopped with it.
 
+Supervision (:meth:`LocalStack.supervise`, called in a loop by ``rtrec up``): a process that dies
+is started again after a backoff, on the ports it had, so the ready line stays valid and nobody
+needs re-pointing; one that dies more than ``RTREC_STACK_MAX_RESTARTS`` times within
+``RTREC_STACK_RESTART_WINDOW_S`` stops the stack (rtrec.stack.supervision). The restarts are
+counted in ``rtrec_stack_restarts_total{component}``, served by the launcher's own metrics
+endpoint, the last one of the ready line's ``metrics``.
+
 Ephemeral (``data_dir=None``): the broker and Redis keep everything in memory and the rest lives in
 a temporary folder deleted at stop. Durable (``data_dir=DIR``): the state stays in DIR, and a stack
 started again on DIR resumes where the last one stopped::
@@ -34,6 +41,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
 
 from rtrec.errors import StackError
 from rtrec.settings import Settings
@@ -41,6 +52,7 @@ from rtrec.stack.broker import Broker, ensure_topics, s3_environment
 from rtrec.stack.object_store import ObjectStoreServer
 from rtrec.stack.process import ManagedProcess, free_port, wait_for_port
 from rtrec.stack.redis_server import RedisServer
+from rtrec.stack.supervision import ShouldStop, StackMetrics, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +136,11 @@ class LocalStack:
                                  data_dir=self.data_dir / "redis" if self.data_dir is not None else None)
         self.children: list[ManagedProcess] = []
         self.info = ReadyInfo(kafka=self.broker.bootstrap, redis=self.redis.url)
+        self.registry = CollectorRegistry()  # this process's metrics (the supervisor's)
+        self.supervisor = Supervisor(StackMetrics(self.registry), settings.stack_max_restarts,
+                                     settings.stack_restart_window_s)
+        self._metrics_server: WSGIServer | None = None
+        self._stopping = False
 
     @property
     def durable(self) -> bool:
@@ -133,19 +150,46 @@ class LocalStack:
         """Start everything and return its endpoints; on any failure stop what started and raise."""
         log.info("local stack in %s (%s)", self.state_dir, "durable" if self.durable else "ephemeral")
         try:
-            if self.object_store is not None:
-                self.object_store.start()
+            if (store := self.object_store) is not None:
+                store.start()
+                self.supervisor.watch(store.process, lambda _stop: store.start())
             self.broker.start()
+            self._ensure_topics()
+            self.supervisor.watch(self.broker.process, self._restart_broker)
             self.redis.start()
-            ensure_topics(self.broker.bootstrap, [self.settings.actions_topic, self.settings.dlq_topic],
-                          self.settings.topic_partitions)
+            self.supervisor.watch(self.redis.process, lambda _stop: self.redis.start())
             self.state.record_shards(self.options.param_servers)
             if self.options.components:
                 self._start_components()
+            self.info.metrics.append(self._serve_metrics())
         except BaseException:
             self.stop()
             raise
         return self.info
+
+    def supervise(self, should_stop: ShouldStop = lambda: False) -> None:
+        """Restart what died and is due (see rtrec.stack.supervision); call it every fraction of a
+        second from the thread that will stop the stack. Raises ComponentKeepsDying (a StackError)
+        when a process died more often than the settings allow."""
+        if not self._stopping:
+            self.supervisor.check(lambda: self._stopping or should_stop())
+
+    def _ensure_topics(self) -> None:
+        ensure_topics(self.broker.bootstrap, [self.settings.actions_topic, self.settings.dlq_topic],
+                      self.settings.topic_partitions)
+
+    def _restart_broker(self, _should_stop: ShouldStop) -> None:
+        self.broker.start()
+        self._ensure_topics()  # an in-memory broker comes back empty
+
+    def _serve_metrics(self) -> str:
+        """Serve this process's metrics on its recorded port (a free one the first time); its URL."""
+        port = self.state.port("stack.metrics")
+        host = self.settings.metrics_host
+        self._metrics_server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        url = f"http://{host}:{port}/metrics"
+        log.info("stack metrics at %s", url)
+        return url
 
     def child_env(self, **extra: str) -> dict[str, str]:
         """Environment of a child: this one, pointed at the stack's servers, plus ``extra``."""
@@ -170,7 +214,7 @@ class LocalStack:
                     "RTREC_PS_SHARD": str(shard), "RTREC_PS_NUM_SHARDS": str(opts.param_servers),
                     "RTREC_PS_PORT": self._server_port(f"param-server-{shard}"),
                     "RTREC_SNAPSHOT_DIR": str(self.state_dir / f"snapshots-{shard}"),
-                })
+                }, pin=("RTREC_PS_PORT", "param_server"))
                 self.info.param_server.append(ready["param_server"])
         if component_available("stream_workers.main"):
             for n in range(opts.workers):
@@ -178,7 +222,8 @@ class LocalStack:
                             extra={"RTREC_DATA_DIR": str(self.state_dir / f"worker-{n}")})
         if component_available("serving.main"):
             ready = self._spawn("serving", ["serve"], ready_line=True,
-                                extra={"RTREC_HTTP_PORT": self._server_port("serving")})
+                                extra={"RTREC_HTTP_PORT": self._server_port("serving")},
+                                pin=("RTREC_HTTP_PORT", "serving"))
             self.info.serving = ready["serving"]
         if opts.simulate:
             self._spawn("simulate", ["simulate", "--rate", str(opts.simulate_rate), "--duration", "1e9"],
@@ -188,23 +233,43 @@ class LocalStack:
         """A component's listening port: the one recorded in the data folder, or 0 (it picks one)."""
         return str(self.state.port(name)) if self.durable else "0"
 
-    def _spawn(self, name: str, args: list[str], ready_line: bool, extra: dict[str, str] | None = None) -> dict:
-        """Start ``rtrec <args>`` and wait until it is ready: its JSON ready line, or its metrics port."""
+    def _spawn(self, name: str, args: list[str], ready_line: bool, extra: dict[str, str] | None = None,
+               pin: tuple[str, str] | None = None) -> dict:
+        """Start ``rtrec <args>``, wait until it is ready (its JSON ready line, or its metrics port) and
+        supervise it. ``pin``: (variable, ready-line key): the port the child reports under the key
+        (it may have picked it, given 0) is recorded and set in the variable for its restarts."""
         metrics_port = self.state.port(f"{name}.metrics")
         env = self.child_env(RTREC_METRICS_PORT=str(metrics_port), **(extra or {}))
         child = ManagedProcess(name, [sys.executable, "-m", "rtrec.cli", *args], self.workdir / f"{name}.log",
                                env=env, stdout=subprocess.PIPE if ready_line else None)
         self.children.append(child)
-        proc = child.start()
-        if ready_line:
-            ready = read_ready_line(child, READY_TIMEOUT_S)
-        else:
-            wait_for_port("127.0.0.1", metrics_port, READY_TIMEOUT_S, proc)
-            ready = {"metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+        ready = self._start_child(child, ready_line)
+        if pin is not None:
+            variable, key = pin
+            port = int(ready[key].rsplit(":", 1)[1])
+            env[variable] = str(port)
+            self.state.record(name, port)
         if ready.get("metrics"):
             self.info.metrics.append(ready["metrics"])
         log.info("%s ready: %s", name, ready)
+        self.supervisor.watch(child, lambda should_stop: self._restart_child(child, ready_line, ready, should_stop))
         return ready
+
+    def _start_child(self, child: ManagedProcess, ready_line: bool,
+                     should_stop: ShouldStop = lambda: False) -> dict:
+        proc = child.start()
+        if ready_line:
+            return read_ready_line(child, READY_TIMEOUT_S, should_stop)
+        metrics_port = int((child.env or {})["RTREC_METRICS_PORT"])
+        wait_for_port("127.0.0.1", metrics_port, READY_TIMEOUT_S, proc, should_stop)
+        return {"metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+
+    def _restart_child(self, child: ManagedProcess, ready_line: bool, first: dict, should_stop: ShouldStop) -> None:
+        """Start a component again; it must be ready at the addresses of its first ready line."""
+        ready = self._start_child(child, ready_line, should_stop)
+        moved = {key: ready.get(key) for key, value in first.items() if ready.get(key) != value}
+        if moved:
+            raise StackError(f"{child.name} came back at {moved}, not at the ready line's {first}")
 
     def check_children(self) -> str | None:
         """The name and log tail of a child that died, or None while all run."""
@@ -215,7 +280,13 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop the components first (so they can flush and snapshot), then Redis, the broker and its
-        storage; an ephemeral stack's folder is deleted, a durable one's kept."""
+        storage; an ephemeral stack's folder is deleted, a durable one's kept. Nothing is restarted
+        from here on."""
+        self._stopping = True
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         for child in reversed(self.children):
             child.stop(grace_s=10.0)
         self.redis.stop()
@@ -311,6 +382,13 @@ class StackState:
             raise StackError(f"{self.path.parent if self.path else '?'} holds the state of {recorded} "
                              f"parameter-server shard(s); start it with --param-servers {recorded}")
 
+    def record(self, name: str, port: int) -> None:
+        """Record the port ``name`` listens on (one it picked itself), so it is used again."""
+        self._taken.add(port)
+        if self.data["ports"].get(name) != port:
+            self.data["ports"][name] = port
+            self._save()
+
     def record_shards(self, param_servers: int) -> None:
         if self.data.get("param_servers") != param_servers:
             self.data["param_servers"] = param_servers
@@ -335,8 +413,9 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def read_ready_line(child: ManagedProcess, timeout_s: float) -> dict:
-    """Read the child's first JSON ``{"ready": true, ...}`` line; later stdout goes to its log."""
+def read_ready_line(child: ManagedProcess, timeout_s: float, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Read the child's first JSON ``{"ready": true, ...}`` line; later stdout goes to its log.
+    Raises StackError when it exits first, takes longer than ``timeout_s``, or ``should_stop()``."""
     assert child.proc is not None and child.proc.stdout is not None
     result: dict = {}
 
@@ -363,5 +442,7 @@ def read_ready_line(child: ManagedProcess, timeout_s: float) -> dict:
             raise StackError(f"{child.name} exited before it was ready:\n{child.tail()}")
         if time.monotonic() > deadline:
             raise StackError(f"{child.name} not ready after {timeout_s:.0f} s:\n{child.tail()}")
+        if should_stop():
+            raise StackError(f"stopped while waiting for {child.name} to be ready")
         time.sleep(0.05)
     return result

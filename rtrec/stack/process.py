@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Callable, Sequence
 
 from rtrec.errors import StackError
 
@@ -31,12 +31,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    """Block until something accepts TCP connections on ``host:port``, or raise StackError."""
+def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None,
+                  should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Block until something accepts TCP connections on ``host:port``, or raise StackError (also
+    when ``should_stop()`` turns true: the owner is stopping)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise StackError(f"process exited with code {proc.returncode} before {host}:{port} opened")
+        if should_stop():
+            raise StackError(f"stopped while waiting for {host}:{port}")
         try:
             socket.create_connection((host, port), timeout=0.5).close()
             return
@@ -75,7 +79,15 @@ class ManagedProcess:
         self._log_file: IO | None = None
 
     def start(self) -> subprocess.Popen:
-        """Start the process; its stderr (and stdout unless captured) go to ``log_path``."""
+        """Start the process; its stderr (and stdout unless captured) go to ``log_path``.
+
+        Called again after the process ended, it starts a new one with the same command, environment
+        and log (appended to), once whatever the old one left in its process group is killed.
+        """
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                raise StackError(f"{self.name} (pid {self.proc.pid}) is still running")
+            self._release()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         log.info("starting %s: %s (log %s)", self.name, " ".join(self.argv), self.log_path)
@@ -96,6 +108,16 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process ended (negative: the signal that ended it), else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once, and reap it."""
+        if self.proc is not None:
+            self._release()
+
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left after ``grace_s``."""
         if self.proc is None:
@@ -106,10 +128,7 @@ class ManagedProcess:
                 self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", self.name, self.proc.pid, grace_s)
-        self._signal_group(signal.SIGKILL)  # also reaps grandchildren of the group
-        self.proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
+        self._release()
         log.info("stopped %s (exit %s)", self.name, self.proc.returncode)
 
     def tail(self, lines: int = 20) -> str:
@@ -118,6 +137,14 @@ class ManagedProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def _release(self) -> None:
+        """SIGKILL what is left of the process group (grandchildren too), reap it, close the log."""
+        assert self.proc is not None
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
 
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self.proc is not None

@@ -198,8 +198,8 @@ def test_every_dashboard_metric_is_exported_by_the_stack(tmp_path: Path):
     try:
         ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
         assert ready["ready"] is True, ready
-        # one endpoint per process: parameter server, worker, serving, simulator
-        assert len(ready["metrics"]) == 4 and len(set(ready["metrics"])) == 4, ready["metrics"]
+        # one endpoint per process: parameter server, worker, serving, simulator, rtrec up itself
+        assert len(ready["metrics"]) == 5 and len(set(ready["metrics"])) == 5, ready["metrics"]
         send_invalid_events(ready["kafka"], Settings().actions_topic)
         deadline = time.monotonic() + STACK_TIMEOUT_S
         missing = sorted(wanted)

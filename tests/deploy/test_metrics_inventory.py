@@ -28,8 +28,9 @@ from rtrec.recipe.joiner import Joiner
 from stream_workers.metrics import ConsumerLagMonitor, JoinerCollector, dead_letter_action, group_lag
 from stream_workers.pipeline import BatchPipeline
 from rtrec.recipe.trainer import TrainerMetrics
+from rtrec.stack.supervision import StackMetrics
 
-COMPONENTS = ("worker", "trainer", "features", "redis", "param_server", "serving", "producer")
+COMPONENTS = ("worker", "trainer", "features", "redis", "param_server", "serving", "producer", "stack")
 NAME = re.compile(rf"rtrec_({'|'.join(COMPONENTS)})_[a-z0-9_]+")
 
 # The issue's inventory -> (process, metric family as exposed, sample that must carry the figure).
@@ -58,6 +59,7 @@ INVENTORY = {
     "model version": ("serving", "rtrec_serving_model_version", set()),
     "FAISS size": ("serving", "rtrec_serving_index_items", set()),
     "cold-start share": ("serving", "rtrec_serving_cold_start_share", set()),
+    "component restarts": ("stack", "rtrec_stack_restarts_total", {"component"}),
 }
 
 
@@ -134,7 +136,10 @@ def process_registries() -> dict[str, CollectorRegistry]:
 
     serving = CollectorRegistry()
     ServingMetrics(serving).latency.labels("/recommend").observe(0.01)
-    return {"worker": merged, "param_server": param_server, "serving": serving}
+
+    stack = CollectorRegistry()  # the `rtrec up` process's own
+    StackMetrics(stack).restarts.labels("worker-0").inc(0)
+    return {"worker": merged, "param_server": param_server, "serving": serving, "stack": stack}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +154,7 @@ def test_the_issue_inventory_is_exported(item: str):
     assert any(labels <= set(s.labels) for s in samples), f"{item}: {sample_name} lacks labels {labels}"
 
 
-@pytest.mark.parametrize("process", ["worker", "param_server", "serving"])
+@pytest.mark.parametrize("process", ["worker", "param_server", "serving", "stack"])
 def test_metric_names_follow_prometheus_conventions(process: str):
     for family in families(process_registries()[process]):
         name = family.name
