@@ -336,6 +336,11 @@ class DataDirLock:
             self._file.close()
 
 
+#: Version of a data folder's layout (what lives where, the fields of stack.json). A folder written
+#: by an rtrec with another version is refused before anything in it is read or started.
+DATA_DIR_FORMAT = 1
+
+
 class StackState:
     """What a durable stack keeps about itself in ``DIR/stack.json``: ports by name, shard count.
 
@@ -356,6 +361,13 @@ class StackState:
                 self.data = {"ports": {}, **json.loads(path.read_text())}
             except ValueError as exc:
                 raise StackError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+            found = self.data.get("format", DATA_DIR_FORMAT)  # the first durable stacks wrote none
+            if found != DATA_DIR_FORMAT:
+                raise StackError(
+                    f"{path.parent} was written by an rtrec whose data-folder format is {found!r}; this one "
+                    f"reads format {DATA_DIR_FORMAT}. Start it with the rtrec that wrote it, or use another "
+                    "--data-dir (or --ephemeral); nothing in it was read or changed")
+        self.data["format"] = DATA_DIR_FORMAT
         self._taken: set[int] = set()
 
     def port(self, name: str) -> int:

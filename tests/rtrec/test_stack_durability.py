@@ -19,7 +19,8 @@ from rtrec.cli import build_parser
 from rtrec.errors import StackError
 from rtrec.events import Event
 from rtrec.stack.broker import Broker, ensure_topics, s3_environment
-from rtrec.stack.launcher import DataDirLock, StackState, port_is_free
+from rtrec.settings import Settings
+from rtrec.stack.launcher import DATA_DIR_FORMAT, DataDirLock, LocalStack, StackOptions, StackState, port_is_free
 from rtrec.stack.object_store import ObjectStoreServer
 from rtrec.stack.redis_server import RedisServer
 from tests.kafka_helpers import consume_all
@@ -209,3 +210,23 @@ def test_a_port_in_time_wait_counts_as_free() -> None:
         client.close()
     time.sleep(0.05)
     assert port_is_free("127.0.0.1", port)
+
+
+def test_a_data_folder_of_another_format_is_refused_before_anything_is_read(tmp_path: Path):
+    path = tmp_path / "stack.json"
+    StackState(path).port("kafka")
+    assert json.loads(path.read_text())["format"] == DATA_DIR_FORMAT
+    path.write_text(json.dumps({"format": DATA_DIR_FORMAT + 1, "ports": {"kafka": 1}}))
+    with pytest.raises(StackError, match=f"format is {DATA_DIR_FORMAT + 1}; this one reads format {DATA_DIR_FORMAT}"):
+        StackState(path)
+    assert json.loads(path.read_text())["format"] == DATA_DIR_FORMAT + 1  # left as it was
+
+
+def test_a_stack_refuses_a_data_folder_of_another_format_and_frees_its_lock(tmp_path: Path):
+    (tmp_path / "stack.json").write_text(json.dumps({"format": 99, "ports": {}}))
+    with pytest.raises(StackError, match="format is 99"):
+        LocalStack(Settings(), StackOptions(data_dir=tmp_path, components=False))
+    LocalStack(Settings(), StackOptions(data_dir=tmp_path / "other", components=False)).stop()
+    (tmp_path / "stack.json").write_text(json.dumps({"format": DATA_DIR_FORMAT, "ports": {}}))
+    stack = LocalStack(Settings(), StackOptions(data_dir=tmp_path, components=False))  # the lock was freed
+    stack.stop()
