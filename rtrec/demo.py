@@ -23,6 +23,7 @@ from features.reader import FeatureReader
 from rtrec.cli import StopFlag
 from rtrec.logs import configure_logging
 from rtrec.metrics_http import scrape
+from rtrec.errors import StackError
 from rtrec.settings import load_settings
 from rtrec.stack.launcher import LocalStack, ReadyInfo, StackOptions
 
@@ -52,8 +53,10 @@ def main() -> int:
         reader = FeatureReader(redis.Redis.from_url(info.redis))
         end = time.monotonic() + seconds
         while time.monotonic() < end and not stop.wait(min(REPORT_EVERY_S, end - time.monotonic())):
-            if (failure := stack.check_children()) is not None:
-                print(f"a component died: {failure}", file=sys.stderr)
+            try:
+                stack.supervise(should_stop=stop)  # restarts a component that died, as `rtrec up` does
+            except StackError as exc:  # one kept dying
+                print(f"rtrec demo: {exc}", file=sys.stderr)
                 return 1
             print(watch.report(), flush=True)
             print(_learning(info, reader), flush=True)
