@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from rtrec.dashboard_check import drive_serving, send_invalid_events
+from rtrec.dashboard_check import drive_serving, send_invalid_events, stop_stack
 from rtrec.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,10 +213,4 @@ def test_every_dashboard_metric_is_exported_by_the_stack(tmp_path: Path):
         assert missing == [], "queried by a dashboard but exported by no process of the stack:\n" + "\n".join(
             f"  {m}  ({'; '.join(sorted(wanted[m]))})" for m in missing)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_stack(proc)

@@ -18,22 +18,12 @@ from stream_workers.batch_frames import decode_batch_request, decode_result, enc
 from stream_workers.metrics import ConsumerLagMonitor, owned_lag
 from stream_workers.pipeline import BatchPipeline, BatchResult
 from stream_workers.pipeline_process import PipelineError, answer
+from tests.stream_workers.test_pipeline_batches import Writer
 
 RETRIES = "rtrec_worker_batch_retries_total"
 LAG = "rtrec_worker_consumer_lag_messages"
 
 
-class Writer:
-    """The feature writer's interface; fails the first ``failures`` calls (Redis away)."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-
-    def write_many(self, events: list[Event]) -> WriteResult:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("redis away")
-        return WriteResult(applied=len(events), duplicates=0)
 
 
 def retries() -> float:
