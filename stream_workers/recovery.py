@@ -24,6 +24,7 @@ two workers (trained twice, never lost).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from contextlib import contextmanager
@@ -254,11 +255,11 @@ def _flatten(offsets: Mapping[str, Mapping[Any, int]] | None) -> dict[TopicParti
 
 def _events(values: Mapping[TopicPartition, list[bytes | None]]) -> tuple[list[Event], list[int]]:
     """Valid events of all partitions, interleaved by event time (as a live consumer roughly sees
-    them), and each one's partition (the joiner keeps a watermark per partition, as it did live)."""
-    pairs: list[tuple[Event, int]] = []
-    for (_topic, partition), part in values.items():
-        pairs += [(event, int(partition)) for event in split_batch(part)[0]]
-    pairs.sort(key=lambda pair: pair[0].ts)
+    them) but each partition's in its log order, as the live joiner saw them, and each one's
+    partition (the joiner keeps a watermark per partition, as it did live)."""
+    per_partition = [[(event, int(partition)) for event in split_batch(part)[0]]
+                     for (_topic, partition), part in values.items()]
+    pairs = list(heapq.merge(*per_partition, key=lambda pair: pair[0].ts))
     return [event for event, _ in pairs], [partition for _, partition in pairs]
 
 
