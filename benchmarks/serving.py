@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from rtrec.metrics_http import scrape
 from rtrec.recipe.model import RecModel
 from rtrec.settings import load_settings
 from rtrec.stack.launcher import LocalStack, StackOptions
+from rtrec.stack.process import terminate
 
 ITEMS = 100_000
 USERS = 100_000
@@ -70,14 +70,6 @@ def _spawn(args: list[str], env: dict[str, str], log: IO[bytes], timeout_s: floa
             return proc, json.loads(line)
     raise RuntimeError(f"rtrec {' '.join(args)} not ready within {timeout_s} s")
 
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def populate_params(addr: str) -> None:
@@ -274,7 +266,7 @@ def main() -> None:
         })
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            terminate(proc, grace_s=15)
         stack.stop()
 
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import math
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any, Iterator, Sequence
 import yaml
 
 from rtrec.errors import StackError
+from rtrec.stack.process import terminate
 from rtrec.stack.prometheus import (PRODUCTION_CONFIG, PrometheusServer, duration_seconds, local_config,
                                     targets_of)
 
@@ -149,13 +149,8 @@ def start_stack(workdir: Path, rate: float) -> tuple[subprocess.Popen, dict[str,
 
 
 def stop_stack(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """Stop ``rtrec up`` (it stops its components first: up to 40 s)."""
+    terminate(proc, grace_s=40)
 
 
 def rule_health(prometheus: PrometheusServer) -> tuple[int, list[str]]:

@@ -49,6 +49,18 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
     raise StackError(f"nothing listening on {host}:{port} after {timeout_s:.0f} s")
 
 
+def terminate(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM a child (an ``rtrec`` command started with Popen) and wait for it; SIGKILL after
+    ``grace_s`` seconds. A child that already exited is left as it is."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: ask the kernel for SIGKILL when the parent dies (Linux)."""
     os.setpgrp()
