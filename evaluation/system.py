@@ -106,7 +106,7 @@ class ServedModel:
         extra = {} if dense_every is None else {"dense_every": dense_every}
         serving = build_serving(system.store, FeatureReader(system.client), CollectorRegistry(), system.tables,
                                 sync_interval_s=settings.sync_interval_s,
-                                ranking=RankingConfig(ranked=settings.serving_ranked),
+                                ranking=RankingConfig.from_settings(settings),
                                 index_plan=IndexPlan(ivf_min_items=settings.index_ivf_min_items,
                                                      nprobe=settings.index_nprobe), **extra)
         return cls(serving, period_s, aligned)

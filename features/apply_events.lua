@@ -1,6 +1,7 @@
 -- Applies a batch of events to the feature store atomically and idempotently (by event_id).
 -- ARGV: prefix, dedupe_ttl, key_ttl, recent_n, session_gap, trend_tau, pop_tau, ranking_size,
---       catalog_size, nwin, then (name, bucket_s, slots) per window, then one JSON array of events, each
+--       catalog_size, covisit_window, covisit_keep, nwin, then (name, bucket_s, slots) per window,
+--       then one JSON array of events, each
 --       [event_id, ts, user, item, action, positive (1/0), category ("" if none)].
 --       (One JSON argument instead of 7 per event: packing thousands of arguments costs the
 --       client more than decoding one string costs Redis.)
@@ -10,9 +11,10 @@ local dedupe_ttl, key_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local recent_n, session_gap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local taus = {{p .. 'trending', tonumber(ARGV[6])}, {p .. 'popular', tonumber(ARGV[7])}}
 local ranking_size, catalog_size = tonumber(ARGV[8]), tonumber(ARGV[9])
-local nwin = tonumber(ARGV[10])
+local covisit_window, covisit_keep = tonumber(ARGV[10]), tonumber(ARGV[11])
+local nwin = tonumber(ARGV[12])
 local wins = {}
-local i = 11
+local i = 13
 for w = 1, nwin do
   wins[w] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
   i = i + 3
@@ -67,6 +69,23 @@ local function log_add(zkey, item, x)
   redis.call('ZADD', zkey, new, item)
 end
 
+-- Co-visitation: a positive action on `item` pairs it with the user's last `covisit_window`
+-- positive items, counted both ways in one sorted set per item (item -> times co-visited).
+-- Each set touched is trimmed once, at the end, to its `covisit_keep` most co-visited items
+-- when it has grown past twice that (new pairs get a chance to grow before a trim).
+local covisited = {}
+local function covisit(rkey, item)
+  for _, h in ipairs(redis.call('LRANGE', rkey, 0, covisit_window - 1)) do
+    if h ~= item then
+      local hkey, ikey = p .. 'cov:' .. h, p .. 'cov:' .. item
+      redis.call('ZINCRBY', hkey, 1, item)
+      redis.call('ZINCRBY', ikey, 1, h)
+      covisited[hkey] = true
+      covisited[ikey] = true
+    end
+  end
+end
+
 local wm = tonumber(redis.call('GET', p .. 'wm') or '0')
 local applied, dup = 0, 0
 for _, ev in ipairs(cjson.decode(ARGV[i])) do
@@ -102,6 +121,7 @@ for _, ev in ipairs(cjson.decode(ARGV[i])) do
       redis.call('EXPIRE', skey, math.floor(session_gap) + 1)
       if ts > last then redis.call('HSET', ukey, 'last_ts', ts) end
       local rkey = p .. 'recent:' .. user
+      if covisit_window > 0 then covisit(rkey, item) end
       redis.call('LPUSH', rkey, item)
       redis.call('LTRIM', rkey, 0, recent_n - 1)
       touched[rkey] = true
@@ -114,6 +134,11 @@ end
 table.sort(stream_order, function(x, y) return x[2] < y[2] end)
 for _, g in ipairs(stream_order) do bump(p .. 'c:g', g[1], g[2], g[3]) end
 touched[p .. 'c:g'] = true
+for key in pairs(covisited) do
+  local n = redis.call('ZCARD', key)
+  if n > 2 * covisit_keep then redis.call('ZREMRANGEBYRANK', key, 0, n - covisit_keep - 1) end
+  touched[key] = true
+end
 for key in pairs(touched) do redis.call('EXPIRE', key, key_ttl) end
 redis.call('SET', p .. 'wm', string.format('%.6f', wm), 'EX', key_ttl)  -- expires like every key
 if seq then

@@ -21,6 +21,9 @@ class FeatureConfig:
     trending_tau_s: float = 900.0  # decay time of the trending score (velocity)
     popular_tau_s: float = 86400.0  # decay time of popularity
     ranking_size: int = 10_000  # items kept in the trending / popular rankings
+    covisit_window: int = 10  # a positive action co-visits the user's last N positive items
+    covisit_keep: int = 200  # co-visited items kept per item, the most co-visited first
+    covisit_query: int = 5  # the ranking feature sums co-visits with the user's last N items
     catalog_size: int = 1_000_000  # items kept in the catalogue (least recently changed leave first)
     ctr_prior_strength: float = 20.0  # pseudo-impressions of the smoothing prior
     lateness_s: float = 3600.0  # how late an event may arrive and still be deduplicated

@@ -10,6 +10,7 @@ dedupe marks after ``dedupe_ttl_s`` and session lists after the session gap.
 | ``{p}c:u:{user}`` / ``{p}c:i:{item}`` / ``{p}c:g`` | hash | ``{window}:{action}:{slot}`` → ``"{bucket}:{count}"``; ``last_ts``; ``category`` (items) |
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |
 | ``{p}sess:{user}`` | list | items acted on in the current session, oldest first |
+| ``{p}cov:{item}`` | sorted set | item → times co-visited with it (by one user within ``covisit_window`` positive actions); the ``covisit_keep`` most co-visited kept |
 | ``{p}trending`` / ``{p}popular`` | sorted set | item → log of its forward-decayed action count |
 | ``{p}items`` | hash | the item catalogue: item → category (``""`` if none known) |
 | ``{p}items:log`` | sorted set | item → sequence number of the write that added or changed its entry |
@@ -30,6 +31,10 @@ def recent(prefix: str, user_id: str) -> str:
 
 def session(prefix: str, user_id: str) -> str:
     return f"{prefix}sess:{user_id}"
+
+
+def covisits(prefix: str, item_id: str) -> str:
+    return f"{prefix}cov:{item_id}"
 
 
 def ranking(prefix: str, name: str) -> str:

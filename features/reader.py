@@ -25,6 +25,9 @@ from features.config import FeatureConfig
 from features.windows import count_in_window
 
 COUNTS_SCRIPT = resources.files("features").joinpath("window_counts.lua").read_text()
+COVISITS_SCRIPT = resources.files("features").joinpath("covisits.lua").read_text()
+#: Loaded again, all of them, when Redis answers NOSCRIPT (it restarted or was flushed).
+READ_SCRIPTS = (COUNTS_SCRIPT, COVISITS_SCRIPT)
 
 
 class FeatureReader:
@@ -38,6 +41,7 @@ class FeatureReader:
         self.config = config or FeatureConfig()
         self._windows = {w.name: w for w in self.config.windows}
         self._counts_script = client.register_script(COUNTS_SCRIPT)
+        self._covisits_script = client.register_script(COVISITS_SCRIPT)
 
     def watermark(self) -> float:
         """Newest event time applied so far (0 before the first event)."""
@@ -111,6 +115,14 @@ class FeatureReader:
         replies = await self.run_pipeline_async(lambda pipe: [pipe.lrange(keys.recent(self.config.prefix, u), 0, -1)
                                                               for u in user_ids])
         return [[r.decode() for r in rows] for rows in replies]
+
+    def covisit_scores(self, pipe: Any, user_ids: Sequence[str], pairs: Sequence[tuple[int, str]]) -> None:
+        """Queue on ``pipe`` the co-visitation score of each ``(index into user_ids, item)`` pair:
+        the sum over the user's last ``covisit_query`` items of the times each was co-visited with
+        the item. The reply is one integer per pair (the ranking feature ``pair_log_covisits``)."""
+        c = self.config
+        pipe.evalsha(self._covisits_script.sha, 0, c.prefix, c.covisit_query, orjson.dumps(list(user_ids)),
+                     orjson.dumps([(u + 1, i) for u, i in pairs]))
 
     def catalog_since(self, cursor: int, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], int]:
         """Catalogue entries ``(item, category or None)`` added or changed after ``cursor``, and the new cursor.
@@ -195,7 +207,8 @@ class FeatureReader:
             except redis.exceptions.NoScriptError:
                 if attempt == 2:
                     raise
-                self.client.script_load(COUNTS_SCRIPT)
+                for script in READ_SCRIPTS:
+                    self.client.script_load(script)
         raise AssertionError("unreachable")
 
     async def run_pipeline_async(self, build: Callable[[Any], None]) -> list:
@@ -210,7 +223,8 @@ class FeatureReader:
             except redis.exceptions.NoScriptError:
                 if attempt == 2:
                     raise
-                await self.async_client.script_load(COUNTS_SCRIPT)
+                for script in READ_SCRIPTS:
+                    await self.async_client.script_load(script)
         raise AssertionError("unreachable")
 
     def _counters(self, fields: dict[bytes, bytes], watermark: float) -> dict:

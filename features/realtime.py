@@ -4,7 +4,9 @@ for the trainer and for serving, so the model sees the same inputs in both.
 Read in one Redis round trip, with the window sums done inside Redis
 (:meth:`features.reader.FeatureReader.window_counts`). Counts enter as ``log1p``; CTRs are
 smoothed towards the stream's CTR over the same window with ``ctr_prior_strength``
-pseudo-impressions; trending is ``log1p`` of the decayed score. Order:
+pseudo-impressions; trending is ``log1p`` of the decayed score; ``pair_log_covisits`` is ``log1p``
+of how often the item was co-visited with the user's last few items (the score of serving's
+co-visitation channel, :meth:`features.reader.FeatureReader.covisit_scores`). Order:
 :data:`rtrec.recipe.model.REALTIME_FEATURES`. Training must read them as they were before the example's
 own label arrived (the worker reads them before it applies the batch that holds the click), or
 the model learns to read its label from its features.
@@ -36,7 +38,7 @@ class RealtimeReads:
     """One read: the model's dense features and the raw item counts they came from.
 
     Attributes:
-        dense: ``float32 (n, 8)`` in :data:`rtrec.recipe.model.REALTIME_FEATURES` order.
+        dense: ``float32 (n, 9)`` in :data:`rtrec.recipe.model.REALTIME_FEATURES` order.
         item_counts: ``int64 (n, 4)``, columns :data:`ITEM_COUNTS` (serving's "new item" rule reads them).
         categories: each item's category from the catalogue (None where unknown), when asked for.
     """
@@ -47,7 +49,7 @@ class RealtimeReads:
 
 
 def read_realtime_features(reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-    """``float32 (len(item_ids), 8)`` for pairs ``(user_ids[i], item_ids[i])``; one user broadcasts."""
+    """``float32 (len(item_ids), 9)`` for pairs ``(user_ids[i], item_ids[i])``; one user broadcasts."""
     return read_realtime(reader, user_ids, item_ids).dense
 
 
@@ -82,7 +84,7 @@ async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[
 class RealtimeQuery:
     """One read of real-time features: the commands to queue (:meth:`build`) and the decoding of their replies."""
 
-    COMMANDS = 4  # queued by build, decoded by decode
+    COMMANDS = 5  # queued by build, decoded by decode
 
     @staticmethod
     def builder(queries: Sequence["RealtimeQuery"]) -> Callable[[redis.client.Pipeline], None]:
@@ -102,6 +104,7 @@ class RealtimeQuery:
             raise ValueError(f"user_ids must have 1 or {self.n} entries, got {len(user_ids)}")
         self.reader, self.categories = reader, categories
         self.users, self.user_row = distinct([str(u) for u in user_ids])
+        self._item_ids = item_ids
         self.items, self.item_row = distinct([str(i) for i in item_ids])
 
     def build(self, pipe: redis.client.Pipeline) -> None:
@@ -110,9 +113,11 @@ class RealtimeQuery:
         reader.window_counts("u", self.users, USER_COUNTS, pipe)
         reader.window_counts("g", [], ITEM_COUNTS, pipe)
         pipe.get(keys.watermark(reader.config.prefix))
+        user_row = np.broadcast_to(self.user_row, (self.n,))
+        reader.covisit_scores(pipe, self.users, list(zip(user_row.tolist(), map(str, self._item_ids))))
 
     def decode(self, replies: list) -> RealtimeReads:
-        (item_reply, trending, cats), user_reply, stream_reply, wm = replies
+        (item_reply, trending, cats), user_reply, stream_reply, wm, covisits = replies
         n, item_row, config = self.n, self.item_row, self.reader.config
         raw_item_counts = counts_array(item_reply, len(ITEM_COUNTS))[item_row]
         item_counts = raw_item_counts.astype(np.float64)
@@ -132,6 +137,7 @@ class RealtimeQuery:
             "user_log_impressions_24h": np.log1p(user_counts[:, 0]),
             "user_log_clicks_1h": np.log1p(user_counts[:, 1]),
             "user_log_clicks_24h": np.log1p(user_counts[:, 2]),
+            "pair_log_covisits": np.log1p(np.asarray(covisits, dtype=np.float64)),
         }
         dense = np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
         if not self.categories:

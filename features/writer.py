@@ -56,7 +56,8 @@ class FeatureWriter:
         self._script = client.register_script(SCRIPT)
         c = self.config
         self._head = [c.prefix, c.dedupe_ttl_s, c.key_ttl_s, c.recent_items, c.session_gap_s,
-                      c.trending_tau_s, c.popular_tau_s, c.ranking_size, c.catalog_size, len(c.windows)]
+                      c.trending_tau_s, c.popular_tau_s, c.ranking_size, c.catalog_size, c.covisit_window,
+                      c.covisit_keep, len(c.windows)]
         for w in c.windows:
             self._head += [w.name, w.bucket_s, w.slots]
 

@@ -118,7 +118,7 @@ def main(settings: Any) -> None:
     registry = CollectorRegistry()
     serving = build_serving(params, reader, registry, tables, sync_interval_s=settings.sync_interval_s,
                             api_key=settings.api_key, open_endpoints=settings.open_endpoint_names,
-                            ranking=RankingConfig(ranked=settings.serving_ranked),
+                            ranking=RankingConfig.from_settings(settings),
                             impression_sender_env=_sender_env(settings) if settings.log_impressions else None,
                             index_plan=IndexPlan(ivf_min_items=settings.index_ivf_min_items,
                                                  nprobe=settings.index_nprobe))

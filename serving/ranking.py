@@ -56,6 +56,11 @@ class RankingConfig:
     max_category_share: float = 0.3
     explore_share: float = 0.1
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> "RankingConfig":
+        """The ranking of serving and ``rtrec eval`` as :class:`rtrec.settings.Settings` configures it."""
+        return cls(ranked=settings.serving_ranked)
+
     def __post_init__(self) -> None:
         if not 1 <= self.ranked <= self.candidates:
             raise ValueError("need 1 <= ranked <= candidates")

@@ -319,7 +319,7 @@ def test_a_batch_with_non_finite_features_is_skipped_and_changes_nothing() -> No
 
     store = ParamStore()
     trainer = OnlineTrainer(store)
-    dense = np.full((2, 8), np.nan, dtype=np.float32)  # e.g. a broken feature read
+    dense = np.full((2, trainer.model.config.n_dense), np.nan, dtype=np.float32)  # e.g. a broken feature read
     batch = ExampleBatch.for_scoring(["u1", "u2"], ["i1", "i2"], ["c", "c"], [None, None], [[], []], dense)
     batch = type(batch)(**{**batch.__dict__, "labels": np.ones_like(batch.labels)})
     version = store.version

@@ -6,6 +6,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from param_server.store import ParamStore
+from rtrec.recipe.model import REALTIME_FEATURES
 from param_server.table import TableDelta
 from param_server.store import Delta
 from serving.index import ItemIndex, as_faiss_ids
@@ -101,7 +102,7 @@ def test_serving_fast_paths_equal_the_scorer(trained: Trained) -> None:
     reference = Scorer(trained.store, model.model, model.scorer.slots)
     items, cats = ["i1", "i5", "i9", "nope"], ["c1", None, "c3", "c0"]
     recent, context = ["i2", "i3"], {"device": "ios"}
-    dense = np.random.default_rng(0).random((4, 8)).astype(np.float32)
+    dense = np.random.default_rng(0).random((4, len(REALTIME_FEATURES))).astype(np.float32)
     fast = model.score_candidates("u3", recent, context, serving.recommender.catalog.feature_ids(items), cats, dense)
     batch = ExampleBatch.for_scoring(["u3"] * 4, items, cats, [context] * 4, [recent] * 4, dense)
     np.testing.assert_allclose(fast, reference.rank_many(batch), rtol=1e-5, atol=1e-6)

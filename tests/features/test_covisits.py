@@ -1,0 +1,96 @@
+"""Co-visitation in the feature store, against a real Redis: the counts equal a brute-force recount
+of the pairs, redelivery adds nothing, the sets stay bounded, and the ranking feature
+``pair_log_covisits`` sums them over the user's last items."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import redis
+
+from features import keys
+from features.config import FeatureConfig
+from features.reader import FeatureReader
+from features.realtime import read_realtime
+from features.writer import FeatureWriter
+from rtrec.events import Event
+from rtrec.recipe.model import REALTIME_FEATURES
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_000_000.0
+COVISITS = REALTIME_FEATURES.index("pair_log_covisits")
+
+
+@pytest.fixture
+def store(redis_url: str) -> tuple[FeatureWriter, FeatureReader, FeatureConfig]:
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:", covisit_window=3, covisit_query=2)
+    client = redis.Redis.from_url(redis_url)
+    return FeatureWriter(client, config), FeatureReader(client, config), config
+
+
+def clicks(pairs: list[tuple[str, str]], start: int = 0) -> list[Event]:
+    return [Event(f"e{start + n}", u, i, "click", T0 + start + n) for n, (u, i) in enumerate(pairs)]
+
+
+def brute_force(events: list[Event], window: int) -> dict[str, Counter]:
+    """Each positive action pairs its item with the user's last ``window`` items, both ways."""
+    history: dict[str, list[str]] = defaultdict(list)
+    table: dict[str, Counter] = defaultdict(Counter)
+    for e in events:
+        for h in history[e.user_id][-window:]:
+            if h != e.item_id:
+                table[h][e.item_id] += 1
+                table[e.item_id][h] += 1
+        history[e.user_id].append(e.item_id)
+    return table
+
+
+def stored(reader: FeatureReader, item: str) -> Counter:
+    rows = reader.client.zrange(keys.covisits(reader.config.prefix, item), 0, -1, withscores=True)
+    return Counter({name.decode(): int(score) for name, score in rows})
+
+
+def test_covisit_counts_equal_a_brute_force_recount_and_redelivery_adds_nothing(store) -> None:
+    writer, reader, config = store
+    rng = random.Random(3)
+    events = clicks([(f"u{rng.randrange(6)}", f"i{rng.randrange(12)}") for _ in range(400)])
+    for lo in range(0, len(events), 70):
+        writer.write_many(events[lo:lo + 70], now=T0)
+    writer.write_many(events[100:300], now=T0)  # redelivered: already applied
+    expected = brute_force(events, config.covisit_window)
+    assert expected, "the stream must produce pairs"
+    for item in {e.item_id for e in events}:
+        assert stored(reader, item) == expected[item], item
+
+
+def test_the_ranking_feature_sums_covisits_with_the_users_last_items(store) -> None:
+    writer, reader, _ = store
+    writer.write_many(clicks([("a", "x"), ("a", "y"), ("b", "x"), ("b", "z"), ("c", "x"), ("c", "y"),
+                              ("d", "y"), ("d", "x"), ("e", "w"), ("e", "q"), ("e", "x")]), now=T0)
+    # d's last 2 items (covisit_query) are x and y: z was co-visited with x once (b), y with x 3
+    # times (a, c, d), q with x once (e); the user's own item counts only the others
+    items = ["z", "x", "y", "q", "unknown"]
+    dense = read_realtime(reader, ["d"], items).dense[:, COVISITS]
+    assert dense.tolist() == pytest.approx(np.log1p([1.0, 3.0, 3.0, 1.0, 0.0]).tolist())
+    # e's last 2 are x and q, not w (third): y scores through x only (3), and z through x (1);
+    # a user with no items scores 0
+    pairs = read_realtime(reader, ["e", "e", "new-user"], ["y", "z", "x"]).dense[:, COVISITS]
+    assert pairs.tolist() == pytest.approx(np.log1p([3.0, 1.0, 0.0]).tolist())
+
+
+def test_a_covisit_set_is_trimmed_to_its_most_covisited_items(redis_url: str) -> None:
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:", covisit_window=1, covisit_keep=3)
+    client = redis.Redis.from_url(redis_url)
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    # "hub" is co-visited with i0 five times, i1 four times, ..., i9 once (each user: hub then one item)
+    pairs = [(f"u{k}-{n}", x) for k in range(10) for n in range(max(1, 5 - k))
+             for x in ("hub", f"i{k}")]
+    writer.write_many(clicks(pairs), now=T0)
+    kept = stored(reader, "hub")
+    assert len(kept) <= 2 * config.covisit_keep
+    assert [name for name, _ in kept.most_common(3)] == ["i0", "i1", "i2"]
