@@ -80,18 +80,23 @@ class Cooccurrence:
     ``C[a, b]`` counts users who acted on both ``a`` and ``b``, the later one within ``window`` of
     the user's actions after the earlier one (``window=None``: anywhere in the history). That is
     the "customers who bought this also bought" table (Linden et al. 2003) without normalisation.
+
+    The query reads the user's items as the deployed system had applied them when asked
+    (:attr:`EvalBatch.applied_recent`), as a co-occurrence recommender running in the same
+    system would; ``exact_history`` reads every earlier item instead, even those of the same
+    micro-batch, an oracle no live system has (variant ``cooccurrence_exact``).
     """
 
-    name = "cooccurrence"
-
-    def __init__(self, n_items: int, query_len: int = 5, window: int | None = None) -> None:
+    def __init__(self, n_items: int, query_len: int = 5, window: int | None = None,
+                 exact_history: bool = False) -> None:
         if n_items > MAX_COOCCURRENCE_ITEMS:
             raise ValueError(f"{n_items} items: the dense co-occurrence table stops at {MAX_COOCCURRENCE_ITEMS}")
-        self.query_len, self.window = query_len, window
+        self.query_len, self.window, self.exact_history = query_len, window, exact_history
+        self.name = "cooccurrence_exact" if exact_history else "cooccurrence"
         self.table = np.zeros((n_items, n_items), dtype=np.float32)
 
     def scores(self, batch: EvalBatch) -> np.ndarray:
-        recent = batch.recent[:, -self.query_len:]
+        recent = (batch.recent if self.exact_history else batch.applied_recent)[:, -self.query_len:]
         valid = recent >= 0
         rows = self.table[np.where(valid, recent, 0)] * valid[:, :, None]
         return rows.sum(axis=1)

@@ -26,10 +26,16 @@ __all__ = ["EvalBatch"]
 
 @dataclass
 class EvalBatch:
-    """Events ``events`` (indices into ``stream``, in order) and their per-event arrays."""
+    """Events ``events`` (indices into ``stream``, in order) and their per-event arrays.
+
+    ``as_of``: per event, the event whose history the deployed system had applied when it was
+    asked (the user's first event of the worker's micro-batch: what serving can know); None = the
+    event itself (the exact history, which no live system has for events of the same batch).
+    """
 
     stream: EvalStream
     events: np.ndarray
+    as_of: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.events.size)
@@ -49,6 +55,11 @@ class EvalBatch:
     @property
     def recent(self) -> np.ndarray:
         return self.stream.recent[self.events]
+
+    @property
+    def applied_recent(self) -> np.ndarray:
+        """:attr:`recent` as of :attr:`as_of`: the user's last items the system had applied."""
+        return self.recent if self.as_of is None else self.stream.recent[self.as_of]
 
     @property
     def n_seen(self) -> np.ndarray:

@@ -8,7 +8,7 @@ recipe's defaults, as the worker and serving do.
 >>> EvalConfig(variants=("model", "bogus"))
 Traceback (most recent call last):
 ...
-ValueError: unknown variants ['bogus']; known: ('model', 'batch', 'hashed', 'popularity', 'trending', 'cooccurrence')
+ValueError: unknown variants ['bogus']; known: ('model', 'batch', 'hashed', 'popularity', 'trending', 'cooccurrence', 'cooccurrence_exact')
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 __all__ = ["VARIANTS", "SERVED_VARIANTS", "EvalConfig"]
 
-VARIANTS = ("model", "batch", "hashed", "popularity", "trending", "cooccurrence")
+VARIANTS = ("model", "batch", "hashed", "popularity", "trending", "cooccurrence", "cooccurrence_exact")
 #: Variants answered by a serving instance over a trained parameter store (the rest are baselines).
 SERVED_VARIANTS = ("model", "batch", "hashed")
 #: List length asked from serving and cut-off of every metric.
@@ -43,7 +43,9 @@ class EvalConfig:
             multiple of this (an hour: periodic retraining served hourly, CONTRACT.md).
         hash_buckets: rows per slot of the ``hashed`` variant's parameter store.
         trending_half_life_s: half-life of the ``trending`` baseline.
-        cooccurrence_query: the user's last items the ``cooccurrence`` baseline sums over.
+        cooccurrence_query: the user's last items the ``cooccurrence`` baselines sum over
+            (``cooccurrence``: as the system had applied them when asked; ``cooccurrence_exact``:
+            every earlier event, those of the same micro-batch too).
         cooccurrence_window: pairs counted within this many of a user's actions (None = all).
         period_s: width of the periods of the over-time metrics.
         variants: which variants to run.

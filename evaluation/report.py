@@ -121,7 +121,7 @@ def _comparisons(summary: dict[str, dict[str, float]]) -> list[str]:
         return []
     model = summary["model"]["hr@10"]
     out = []
-    for other in ("popularity", "trending", "batch", "hashed", "cooccurrence"):
+    for other in ("popularity", "trending", "batch", "hashed", "cooccurrence", "cooccurrence_exact"):
         if other in summary and summary[other]["hr@10"] > 0:
             value = summary[other]["hr@10"]
             out.append(f"- model HR@10 / {other} HR@10 = {model / value:.3f} (gap {model - value:+.4f})")

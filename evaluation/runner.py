@@ -184,8 +184,9 @@ def _baselines(stream: EvalStream, config: EvalConfig) -> list[Ranker]:
         out.append(Popularity(stream.n_items))
     if "trending" in config.variants:
         out.append(Trending(stream.n_items, config.trending_half_life_s))
-    if "cooccurrence" in config.variants:
-        out.append(Cooccurrence(stream.n_items, config.cooccurrence_query, config.cooccurrence_window))
+    for name, exact in (("cooccurrence", False), ("cooccurrence_exact", True)):
+        if name in config.variants:
+            out.append(Cooccurrence(stream.n_items, config.cooccurrence_query, config.cooccurrence_window, exact))
     return out
 
 
@@ -203,7 +204,7 @@ def _step(run: _Run, lo: int, hi: int, now: float) -> None:
         _timed(run.result, name, served.maybe_sync, event_time if served.aligned else now)
     if is_target.any():
         _ask_served(run, positives[is_target])
-        _rank_baselines(run, sidx[is_target])
+        _rank_baselines(run, sidx[is_target], first_of_user(run.stream.users[sidx], sidx)[is_target])
     for ranker in run.baselines:
         if sidx.size:
             _timed(run.result, ranker.name, ranker.learn, EvalBatch(run.stream, sidx))
@@ -224,9 +225,21 @@ def _ask_served(run: _Run, raw_targets: np.ndarray) -> None:
         run.result.seconds_by_variant[name] += time.perf_counter() - t0
 
 
-def _rank_baselines(run: _Run, targets: np.ndarray) -> None:
-    """Each baseline's rank of the target among the items seen so far that its user has not acted on."""
-    batch = EvalBatch(run.stream, targets)
+def first_of_user(users: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """Per event of a micro-batch, its user's first event in the batch: the history the deployed
+    system had applied when each of them was asked.
+
+    >>> first_of_user(np.array([7, 3, 7, 3, 9]), np.array([10, 11, 12, 13, 14])).tolist()
+    [10, 11, 10, 11, 14]
+    """
+    _, first, inverse = np.unique(users, return_index=True, return_inverse=True)
+    return events[first[inverse]]
+
+
+def _rank_baselines(run: _Run, targets: np.ndarray, as_of: np.ndarray) -> None:
+    """Each baseline's rank of the target among the items seen so far that its user has not acted
+    on; a query over the user's history reads it as of ``as_of`` (see :class:`EvalBatch`)."""
+    batch = EvalBatch(run.stream, targets, as_of)
     candidates = batch.candidates()
     for ranker in run.baselines:
         t0 = time.perf_counter()

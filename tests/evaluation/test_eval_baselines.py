@@ -48,3 +48,18 @@ def test_cooccurrence_window_limits_pairs_to_recent_actions() -> None:
     co = Cooccurrence(s.n_items, window=1)
     co.learn(EvalBatch(s, np.arange(3)))
     assert co.table[0, 2] == 0 and co.table[1, 2] == 1 and co.table[0, 1] == 1
+
+
+def test_cooccurrence_queries_the_history_the_system_had_applied_and_the_exact_variant_all_of_it() -> None:
+    # user c acts on x (batch 1), then on y and q in batch 2: when q is asked, the system has applied
+    # only x (c's first event of batch 2 is y), the oracle also knows y
+    s = _stream([("a", "x", 0), ("a", "z", 1), ("b", "y", 2), ("b", "w", 3), ("c", "x", 4), ("c", "y", 5),
+                 ("c", "q", 6)])
+    applied, exact = (Cooccurrence(s.n_items, query_len=1, exact_history=flag) for flag in (False, True))
+    assert (applied.name, exact.name) == ("cooccurrence", "cooccurrence_exact")
+    for ranker in (applied, exact):
+        ranker.learn(EvalBatch(s, np.arange(5)))
+    asked = EvalBatch(s, np.array([6]), as_of=np.array([5]))
+    z, w = s.item_ids.index("z"), s.item_ids.index("w")
+    assert applied.scores(asked)[0][z] == 1.0 and applied.scores(asked)[0][w] == 0.0  # co-visited with x
+    assert exact.scores(asked)[0][w] == 1.0 and exact.scores(asked)[0][z] == 0.0  # co-visited with y

@@ -32,7 +32,7 @@ def test_eval_on_an_event_file_writes_a_report_and_a_json_last_line(tmp_path: Pa
     assert code == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["dataset"] == "ratings" and last["events"] == 400
-    for variant in ("model", "batch", "hashed", "popularity", "trending", "cooccurrence"):
+    for variant in ("model", "batch", "hashed", "popularity", "trending", "cooccurrence", "cooccurrence_exact"):
         assert set(last[variant]) == {"hr@10", "ndcg@10", "mrr"}
         assert 0.0 <= last[variant]["hr@10"] <= 1.0
     names = {p.name for p in out.iterdir()}
