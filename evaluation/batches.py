@@ -75,10 +75,12 @@ class EvalBatch:
         keep = from_end <= window
         return rows[keep], items[keep]
 
-    def candidates(self) -> np.ndarray:
-        """``(B, n_items)`` mask: items seen before each event that its user has not acted on."""
-        mask = np.arange(self.stream.n_items)[None, :] < self.n_seen[:, None]
-        rows, items = self.histories()
+    def candidates(self, exact: bool = False) -> np.ndarray:
+        """``(B, n_items)`` mask: items seen before each event that its user has not acted on, as of
+        :attr:`as_of` (what the system had applied; ``exact``: as of the event itself)."""
+        known = self.events if exact or self.as_of is None else self.as_of
+        mask = np.arange(self.stream.n_items)[None, :] < self.stream.n_seen[known][:, None]
+        rows, items = self.stream.histories(known)
         mask[rows, items] = False
         return mask
 

@@ -238,11 +238,14 @@ def first_of_user(users: np.ndarray, events: np.ndarray) -> np.ndarray:
 
 def _rank_baselines(run: _Run, targets: np.ndarray, as_of: np.ndarray) -> None:
     """Each baseline's rank of the target among the items seen so far that its user has not acted
-    on; a query over the user's history reads it as of ``as_of`` (see :class:`EvalBatch`)."""
+    on, both as of ``as_of`` (what the system had applied, see :class:`EvalBatch`; the
+    ``cooccurrence_exact`` oracle: as of the target itself)."""
     batch = EvalBatch(run.stream, targets, as_of)
-    candidates = batch.candidates()
+    masks: dict[bool, np.ndarray] = {}
     for ranker in run.baselines:
         t0 = time.perf_counter()
+        exact = bool(getattr(ranker, "exact_history", False))
+        candidates = masks[exact] if exact in masks else masks.setdefault(exact, batch.candidates(exact))
         ranks = target_ranks(np.asarray(ranker.scores(batch)), batch.items, candidates, run.tiebreak)
         run.result.logs[ranker.name].add_many(batch.ts, ranks)
         run.result.seconds_by_variant[ranker.name] += time.perf_counter() - t0

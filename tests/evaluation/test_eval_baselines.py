@@ -63,3 +63,13 @@ def test_cooccurrence_queries_the_history_the_system_had_applied_and_the_exact_v
     z, w = s.item_ids.index("z"), s.item_ids.index("w")
     assert applied.scores(asked)[0][z] == 1.0 and applied.scores(asked)[0][w] == 0.0  # co-visited with x
     assert exact.scores(asked)[0][w] == 1.0 and exact.scores(asked)[0][z] == 0.0  # co-visited with y
+
+
+def test_candidates_as_of_the_applied_history_keep_the_items_of_the_same_batch() -> None:
+    # c acts on x (applied), then y and q in one batch: asked for q, the system has applied only x,
+    # so y (not applied yet) is still a candidate; exactly, y is already the user's
+    s = _stream([("a", "x", 0), ("a", "y", 1), ("a", "q", 2), ("c", "x", 3), ("c", "y", 4), ("c", "q", 5)])
+    asked = EvalBatch(s, np.array([5]), as_of=np.array([4]))
+    x, y = s.item_ids.index("x"), s.item_ids.index("y")
+    assert not asked.candidates()[0][x] and asked.candidates()[0][y]
+    assert not asked.candidates(exact=True)[0][y]

@@ -23,10 +23,11 @@ def _synthetic(n_events: int = 600, seed: int = 3) -> list[Event]:
 
 
 def test_items_the_user_acted_on_are_never_ranked() -> None:
-    # "x" is the most popular item; user a already has it, so a's target "z" is first, not second.
+    # "x" is the most popular item; user a already has it, so a's target "z" is first, not second
+    # (one event per micro-batch at 1 event/s: a's "x" was applied before "z" is asked).
     rows = [("b", "x"), ("c", "x"), ("d", "x"), ("a", "x"), ("e", "z"), ("a", "z")]
     events = [Event(str(n), u, i, "click", float(n)) for n, (u, i) in enumerate(rows)]
-    result = run_prequential(events, EvalConfig(warmup=5 / 6, variants=("popularity",)))
+    result = run_prequential(events, EvalConfig(warmup=5 / 6, rate=1.0, variants=("popularity",)))
     assert result.evaluated == 1
     assert np.concatenate(result.logs["popularity"].ranks).tolist() == [1.0]
 
