@@ -31,7 +31,8 @@ Counted events (``evaluated``) exclude a warm-up (the first 10 % of the events s
 eval``), events whose (user, item) pair was sent before (serving never recommends an item the
 user acted on, ``rtrec eval`` skips them too) and asks that failed (counted in ``errors``).
 
-The offline figure: the sent stream (user, item, ``ts`` as sent, ``click``) is written to a CSV
+The offline figure: the sent stream (user, item, ``ts`` as sent, ``click``, the item's category) is
+written to a JSONL file of events
 and evaluated by ``rtrec eval`` after the stack is down; ``offline_hr_at_10`` is its ``model``
 HR@10 and ``live_to_offline`` the live HR@10 divided by it.
 
@@ -56,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import math
 import random
@@ -330,6 +330,7 @@ class Outcome:
     loss: str | None = None
     cold_start: bool | None = None  # serving answered with its cold-start list (None: it did not say)
     beyond_cut: bool = False  # a miss FAISS did return, but below the candidates the head ranks
+    category: str | None = None  # the item's, as sent
 
 
 @dataclass
@@ -374,7 +375,7 @@ class LiveRun:
             beyond = loss == "lost_not_retrieved" and event.item_id in (explain.get("retrieved") or [])
         ts = self._send(n, event, body if rank <= K else None)  # no await from here: seq = send order
         self.outcomes.append(Outcome(len(self.outcomes), event.user_id, event.item_id, ts, repeat,
-                                     rank, base, latency, error, loss, cold, beyond))
+                                     rank, base, latency, error, loss, cold, beyond, event.category))
 
     async def _indexed(self, item: str, body: dict) -> bool | None:
         """Whether serving has a row for the item (only asked when the explanation needs it)."""
@@ -469,12 +470,15 @@ def serving_side(metrics_url: str) -> dict[str, float]:
 # -- offline figure ----------------------------------------------------------------------------
 
 def write_stream(outcomes: Sequence[Outcome], path: Path) -> None:
-    """The sent stream as a CSV ``rtrec eval`` reads: user_id, item_id, ts (as sent), action."""
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["user_id", "item_id", "ts", "action"])
+    """The sent stream as JSONL events ``rtrec eval`` reads: the clicks as sent (``ts`` as sent, the
+    item's category), in send order, so the offline run sees the features the live one did."""
+    with path.open("w", encoding="utf-8") as f:
         for o in sorted(outcomes, key=lambda o: o.seq):
-            writer.writerow([o.user_id, o.item_id, repr(o.ts), "click"])
+            row = {"event_id": f"sent-{o.seq}", "user_id": o.user_id, "item_id": o.item_id, "ts": o.ts,
+                   "action": "click"}
+            if o.category:
+                row["item"] = {"category": o.category}
+            f.write(json.dumps(row) + "\n")
 
 
 def model_hr_from_results(results: dict) -> float | None:
@@ -491,11 +495,10 @@ def model_hr_from_results(results: dict) -> float | None:
 
 def offline_hr(outcomes: Sequence[Outcome], workdir: Path) -> tuple[float | None, str | None]:
     """``rtrec eval`` on the sent stream: its model HR@10, or None and why not."""
-    stream = workdir / "sent.csv"
+    stream = workdir / "sent.jsonl"
     write_stream(outcomes, stream)
     out = workdir / "eval"
-    command = [sys.executable, "-m", "rtrec.cli", "eval", str(stream),
-               "--columns", "user_id=user_id,item_id=item_id,ts=ts", "--out", str(out)]
+    command = [sys.executable, "-m", "rtrec.cli", "eval", str(stream), "--out", str(out)]
     print(f"offline: {' '.join(command[1:])}", flush=True)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=EVAL_TIMEOUT_S)
@@ -555,7 +558,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="send only the first N events of the live order")
     parser.add_argument("--seed", type=int, default=0, help="baselines' tie-break priorities")
     parser.add_argument("--out", default=None,
-                        help="keep the sent stream (sent.csv) and rtrec eval's report (eval/) here (default: a temp dir)")
+                        help="keep the sent stream (sent.jsonl) and rtrec eval's report (eval/) here (default: a temp dir)")
     args = parser.parse_args()
     if not args.dataset and not args.file:
         args.dataset = "ml-100k"

@@ -1,6 +1,7 @@
 -- Applies a batch of events to the feature store atomically and idempotently (by event_id).
 -- ARGV: prefix, dedupe_ttl, key_ttl, recent_n, session_gap, trend_tau, pop_tau, ranking_size,
---       catalog_size, covisit_window, covisit_keep, nwin, then (name, bucket_s, slots) per window,
+--       catalog_size, covisit_window, covisit_keep, uc_window (the window, 1-based, of the (user,
+--       category) counters; 0: none), nwin, then (name, bucket_s, slots) per window,
 --       then one JSON array of events, each
 --       [event_id, ts, user, item, action, positive (1/0), category ("" if none)].
 --       (One JSON argument instead of 7 per event: packing thousands of arguments costs the
@@ -12,9 +13,10 @@ local recent_n, session_gap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local taus = {{p .. 'trending', tonumber(ARGV[6])}, {p .. 'popular', tonumber(ARGV[7])}}
 local ranking_size, catalog_size = tonumber(ARGV[8]), tonumber(ARGV[9])
 local covisit_window, covisit_keep = tonumber(ARGV[10]), tonumber(ARGV[11])
-local nwin = tonumber(ARGV[12])
+local uc_window = tonumber(ARGV[12])
+local nwin = tonumber(ARGV[13])
 local wins = {}
-local i = 13
+local i = 14
 for w = 1, nwin do
   wins[w] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
   i = i + 3
@@ -49,12 +51,15 @@ local cat_hash, cat_log, cat_seq = p .. 'items', p .. 'items:log', p .. 'items:s
 local seq = false
 
 local function note_item(item, category)
+  -- returns the item's category: the event's, else the catalogue's ('' if neither knows one)
   local old = redis.call('HGET', cat_hash, item)
   if old == false or (category ~= '' and old ~= category) then
     redis.call('HSET', cat_hash, item, category)
     if not seq then seq = redis.call('INCR', cat_seq) end
     redis.call('ZADD', cat_log, seq, item)
   end
+  if category ~= '' then return category end
+  return old or ''
 end
 
 local function log_add(zkey, item, x)
@@ -111,7 +116,15 @@ for _, ev in ipairs(cjson.decode(ARGV[i])) do
     touched[ukey] = true
     touched[ikey] = true
     if category ~= '' then redis.call('HSET', ikey, 'category', category) end
-    note_item(item, category)
+    local known = note_item(item, category)
+    if uc_window > 0 and known ~= '' then
+      -- the user's actions on the item's category, in one window: the (user, category) affinity
+      local w = wins[uc_window]
+      local b = math.floor(ts / w[2])
+      local uckey = p .. 'c:uc:' .. user .. '\31' .. known
+      bump(uckey, w[1] .. ':' .. action .. ':' .. (b % w[3]), b, 1)
+      touched[uckey] = true
+    end
     if positive == 1 then
       local last = tonumber(redis.call('HGET', ukey, 'last_ts') or '0')
       local skey = p .. 'sess:' .. user

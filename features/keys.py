@@ -8,6 +8,7 @@ dedupe marks after ``dedupe_ttl_s`` and session lists after the session gap.
 | ``{p}wm`` | string | watermark: newest event time applied (never beyond the writer's event-time bound) |
 | ``{p}seen:{event_id}`` | string | the event was applied (idempotency), TTL ``dedupe_ttl_s`` |
 | ``{p}c:u:{user}`` / ``{p}c:i:{item}`` / ``{p}c:g`` | hash | ``{window}:{action}:{slot}`` → ``"{bucket}:{count}"``; ``last_ts``; ``category`` (items) |
+| ``{p}c:uc:{user}<US>{category}`` | hash | the user's counters of one item category (``<US>``: the byte 0x1F), in the ``user_category_window`` only |
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |
 | ``{p}sess:{user}`` | list | items acted on in the current session, oldest first |
 | ``{p}cov:{item}`` | sorted set | item → times co-visited with it (by one user within ``covisit_window`` positive actions); the ``covisit_keep`` most co-visited kept |
@@ -23,6 +24,11 @@ from __future__ import annotations
 def counters(prefix: str, kind: str, entity_id: str) -> str:
     """Key of the window counters of a user (``kind="u"``), an item (``"i"``) or the whole stream (``"g"``)."""
     return f"{prefix}c:g" if kind == "g" else f"{prefix}c:{kind}:{entity_id}"
+
+
+def user_category(prefix: str, user_id: str, category: str) -> str:
+    """Key of a user's window counters of one item category (``apply_events.lua`` builds it so)."""
+    return f"{prefix}c:uc:{user_id}\x1f{category}"
 
 
 def recent(prefix: str, user_id: str) -> str:

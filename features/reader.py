@@ -166,18 +166,20 @@ class FeatureReader:
         return {r: [(item.decode(), self._decayed(score, taus[r], float(wm or 0.0))) for item, score in found]
                 for r, found in zip(rankings, rows)}
 
-    def window_counts(self, kind: str, ids: Sequence[str], names: Sequence[str],
+    def window_counts(self, kind: str, ids: Sequence[Any], names: Sequence[str],
                       pipe: redis.client.Pipeline | None = None, extras: bool = False) -> np.ndarray | None:
-        """Counts ``names`` (``"<action>_<window>"``) of users (``kind="u"``), items (``"i"``) or the
-        stream (``"g"``, one row), summed inside Redis: ``int64 (len(ids), len(names))``.
+        """Counts ``names`` (``"<action>_<window>"``) of users (``kind="u"``), items (``"i"``), the
+        stream (``"g"``, one row) or (user, item) pairs (``"uc"``, ids ``(user, item)``: the user's
+        counts of the item's category, zeros where the catalogue has none), summed inside Redis:
+        ``int64 (len(ids), len(names))``.
 
         With ``pipe`` the call is queued there (returns None); decode its reply with
         :func:`counts_array`. This is the fast path for many entities (serving, training). With
         ``extras`` (items, queued on a pipe) the reply is ``[counts, trending log-scores,
         catalogue categories]``, the last two with None where absent.
         """
-        if kind not in ("u", "i", "g"):
-            raise ValueError(f"kind must be u, i or g, got {kind!r}")
+        if kind not in ("u", "i", "g", "uc"):
+            raise ValueError(f"kind must be u, i, g or uc, got {kind!r}")
         if extras and (kind != "i" or pipe is None):
             raise ValueError("extras are read for items, on a pipeline")
         args: list = [self.config.prefix, kind, len(names)]

@@ -4,7 +4,8 @@ for the trainer and for serving, so the model sees the same inputs in both.
 Read in one Redis round trip, with the window sums done inside Redis
 (:meth:`features.reader.FeatureReader.window_counts`). Counts enter as ``log1p``; CTRs are
 smoothed towards the stream's CTR over the same window with ``ctr_prior_strength``
-pseudo-impressions; trending is ``log1p`` of the decayed score; ``pair_log_covisits`` is ``log1p``
+pseudo-impressions; trending is ``log1p`` of the decayed score; the user's clicks and CTR on the item's category (24 h,
+the CTR smoothed like the item's) say how much the user likes that kind of item; ``pair_log_covisits`` is ``log1p``
 of how often the item was co-visited with the user's last few items (the score of serving's
 co-visitation channel, :meth:`features.reader.FeatureReader.covisit_scores`). Order:
 :data:`rtrec.recipe.model.REALTIME_FEATURES`. Training must read them as they were before the example's
@@ -31,6 +32,7 @@ __all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "re
 
 ITEM_COUNTS = ("impression_1h", "click_1h", "impression_24h", "click_24h")
 USER_COUNTS = ("impression_24h", "click_1h", "click_24h")
+USER_CATEGORY_COUNTS = ("impression_24h", "click_24h")  # FeatureConfig.user_category_window
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class RealtimeReads:
     """One read: the model's dense features and the raw item counts they came from.
 
     Attributes:
-        dense: ``float32 (n, 9)`` in :data:`rtrec.recipe.model.REALTIME_FEATURES` order.
+        dense: ``float32 (n, 11)`` in :data:`rtrec.recipe.model.REALTIME_FEATURES` order.
         item_counts: ``int64 (n, 4)``, columns :data:`ITEM_COUNTS` (serving's "new item" rule reads them).
         categories: each item's category from the catalogue (None where unknown), when asked for.
     """
@@ -49,7 +51,7 @@ class RealtimeReads:
 
 
 def read_realtime_features(reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-    """``float32 (len(item_ids), 9)`` for pairs ``(user_ids[i], item_ids[i])``; one user broadcasts."""
+    """``float32 (len(item_ids), 11)`` for pairs ``(user_ids[i], item_ids[i])``; one user broadcasts."""
     return read_realtime(reader, user_ids, item_ids).dense
 
 
@@ -84,7 +86,7 @@ async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[
 class RealtimeQuery:
     """One read of real-time features: the commands to queue (:meth:`build`) and the decoding of their replies."""
 
-    COMMANDS = 5  # queued by build, decoded by decode
+    COMMANDS = 6  # queued by build, decoded by decode
 
     @staticmethod
     def builder(queries: Sequence["RealtimeQuery"]) -> Callable[[redis.client.Pipeline], None]:
@@ -113,16 +115,19 @@ class RealtimeQuery:
         reader.window_counts("u", self.users, USER_COUNTS, pipe)
         reader.window_counts("g", [], ITEM_COUNTS, pipe)
         pipe.get(keys.watermark(reader.config.prefix))
-        user_row = np.broadcast_to(self.user_row, (self.n,))
-        reader.covisit_scores(pipe, self.users, list(zip(user_row.tolist(), map(str, self._item_ids))))
+        user_row = np.broadcast_to(self.user_row, (self.n,)).tolist()
+        items = [str(i) for i in self._item_ids]
+        reader.covisit_scores(pipe, self.users, list(zip(user_row, items)))
+        reader.window_counts("uc", [(self.users[u], i) for u, i in zip(user_row, items)], USER_CATEGORY_COUNTS, pipe)
 
     def decode(self, replies: list) -> RealtimeReads:
-        (item_reply, trending, cats), user_reply, stream_reply, wm, covisits = replies
+        (item_reply, trending, cats), user_reply, stream_reply, wm, covisits, uc_reply = replies
         n, item_row, config = self.n, self.item_row, self.reader.config
         raw_item_counts = counts_array(item_reply, len(ITEM_COUNTS))[item_row]
         item_counts = raw_item_counts.astype(np.float64)
         user_counts = counts_array(user_reply, len(USER_COUNTS))[np.broadcast_to(self.user_row, (n,))].astype(np.float64)
         stream = counts_array(stream_reply, len(ITEM_COUNTS))[0].astype(np.float64)
+        uc_counts = counts_array(uc_reply, len(USER_CATEGORY_COUNTS)).astype(np.float64)
         a = config.ctr_prior_strength
         p0_1h = stream[1] / stream[0] if stream[0] else 0.0
         p0_24h = stream[3] / stream[2] if stream[2] else 0.0
@@ -138,6 +143,8 @@ class RealtimeQuery:
             "user_log_clicks_1h": np.log1p(user_counts[:, 1]),
             "user_log_clicks_24h": np.log1p(user_counts[:, 2]),
             "pair_log_covisits": np.log1p(np.asarray(covisits, dtype=np.float64)),
+            "user_category_log_clicks_24h": np.log1p(uc_counts[:, 1]),
+            "user_category_ctr_24h": (uc_counts[:, 1] + a * p0_24h) / (uc_counts[:, 0] + a),
         }
         dense = np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
         if not self.categories:

@@ -1,5 +1,6 @@
 -- Sums window counters inside Redis, so a reader gets a few numbers per entity instead of whole
--- hashes to parse. ARGV: prefix, kind ("u", "i" or "g"), n_names, then per name
+-- hashes to parse. ARGV: prefix, kind ("u", "i", "g", or "uc": ids are [user, item] pairs, read
+-- from the user's counters of the item's category in the catalogue), n_names, then per name
 -- (window_name, action, bucket_s, slots), then the entity ids as ONE JSON array (thousands of
 -- arguments cost the client more to pack than one string costs Redis to decode), then, for items,
 -- an optional "extras" flag. Returns one flat array of integers: for each id, one count per name,
@@ -24,10 +25,18 @@ local ids = cjson.decode(ARGV[i])
 local extras = ARGV[i + 1] == '1'
 local scores, cats = {}, {}
 for _, id in ipairs(ids) do
-  local key = kind == 'g' and (p .. 'c:g') or (p .. 'c:' .. kind .. ':' .. id)
+  local key
+  if kind == 'g' then
+    key = p .. 'c:g'
+  elseif kind == 'uc' then
+    local category = redis.call('HGET', p .. 'items', id[2])
+    if category and category ~= '' then key = p .. 'c:uc:' .. id[1] .. '\31' .. category end
+  else
+    key = p .. 'c:' .. kind .. ':' .. id
+  end
   local base = #out
   for k = 1, n do out[base + k] = 0 end
-  local flat = redis.call('HGETALL', key)
+  local flat = key and redis.call('HGETALL', key) or {}
   for j = 1, #flat, 2 do
     local k = owner[flat[j]]
     if k then

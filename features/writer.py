@@ -47,6 +47,13 @@ class WriteResult:
     duplicates: int
 
 
+def _window_number(config: FeatureConfig) -> int:
+    """1-based position of the (user, category) counters' window among the windows; 0 = none
+    (``user_category_window`` empty or not a configured window: no such counters are kept)."""
+    names = [w.name for w in config.windows]
+    return names.index(config.user_category_window) + 1 if config.user_category_window in names else 0
+
+
 class FeatureWriter:
     """Applies events to the Redis feature store (see features/keys.py for the layout)."""
 
@@ -57,7 +64,7 @@ class FeatureWriter:
         c = self.config
         self._head = [c.prefix, c.dedupe_ttl_s, c.key_ttl_s, c.recent_items, c.session_gap_s,
                       c.trending_tau_s, c.popular_tau_s, c.ranking_size, c.catalog_size, c.covisit_window,
-                      c.covisit_keep, len(c.windows)]
+                      c.covisit_keep, _window_number(c), len(c.windows)]
         for w in c.windows:
             self._head += [w.name, w.bucket_s, w.slots]
 

@@ -3,7 +3,6 @@ classification and reading ``rtrec eval``'s results (no servers)."""
 
 from __future__ import annotations
 
-import csv
 import doctest
 import math
 import random
@@ -132,17 +131,17 @@ def test_losses_follow_the_request_through_serving() -> None:
     assert loss_of(math.inf, None, None, "t") is None  # serving without explain: unclassified
 
 
-def test_the_sent_stream_is_a_csv_rtrec_eval_reads(tmp_path: Path) -> None:
+def test_the_sent_stream_is_a_file_of_events_rtrec_eval_reads(tmp_path: Path) -> None:
+    from dataclasses import replace
+
     from producers.replay import load_events, parse_columns
 
-    path = tmp_path / "sent.csv"
-    outcomes = [_outcome(1), _outcome(0)]
+    path = tmp_path / "sent.jsonl"
+    outcomes = [_outcome(1), replace(_outcome(0), category="drama")]
     write_stream(outcomes, path)
-    with path.open() as f:
-        assert next(csv.reader(f)) == ["user_id", "item_id", "ts", "action"]
-    loaded = load_events(path, parse_columns("user_id=user_id,item_id=item_id,ts=ts"))
-    assert [(e.user_id, e.item_id, e.ts, e.action) for e in loaded.events] == [
-        ("u", "i0", 1000.0, "click"), ("u", "i1", 1001.0, "click")]
+    loaded = load_events(path, parse_columns(None))
+    assert [(e.user_id, e.item_id, e.ts, e.action, e.item) for e in loaded.events] == [
+        ("u", "i0", 1000.0, "click", {"category": "drama"}), ("u", "i1", 1001.0, "click", None)]
 
 
 def test_model_hr_is_read_from_results_json() -> None:

@@ -1,0 +1,44 @@
+"""The (user, category) counters against a real Redis: every action counts for the user and the
+item's category (the event's, else the catalogue's), and the two ranking features read them."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from features.config import FeatureConfig
+from features.reader import FeatureReader
+from features.realtime import read_realtime
+from features.writer import FeatureWriter
+from rtrec.events import Event
+from rtrec.recipe.model import REALTIME_FEATURES
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_000_000.0
+CLICKS = REALTIME_FEATURES.index("user_category_log_clicks_24h")
+CTR = REALTIME_FEATURES.index("user_category_ctr_24h")
+
+
+def test_user_category_counts_follow_the_items_category_from_the_catalogue(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    shoes = {"category": "shoes"}
+    events = [Event("1", "u", "s1", "impression", T0, item=shoes),
+              Event("2", "u", "s1", "click", T0 + 1),  # no category on the event: the catalogue's
+              Event("3", "u", "s2", "impression", T0 + 2, item=shoes),
+              Event("4", "u", "h1", "impression", T0 + 3, item={"category": "hats"}),
+              Event("5", "v", "s2", "click", T0 + 4, item=shoes)]
+    writer.write_many(events, now=T0)
+    counts = reader.window_counts("uc", [("u", "s2"), ("u", "h1"), ("v", "s1"), ("u", "nowhere")],
+                                  ("impression_24h", "click_24h"))
+    assert counts.tolist() == [[2, 1], [1, 0], [0, 1], [0, 0]]
+    dense = read_realtime(reader, ["u"], ["s2", "h1"]).dense
+    prior = config.ctr_prior_strength * (2 / 3)  # the stream's 24 h CTR: 2 clicks of 3 impressions
+    assert dense[:, CLICKS].tolist() == pytest.approx(np.log1p([1.0, 0.0]).tolist())
+    assert dense[:, CTR].tolist() == pytest.approx([(1 + prior) / (2 + config.ctr_prior_strength),
+                                                    prior / (1 + config.ctr_prior_strength)])
