@@ -53,9 +53,9 @@ __all__ = ["ModelConfig", "SparseFields", "ModelOutput", "RecModel", "REALTIME_F
 
 #: Dense real-time features of a (user, item) pair, in the order the model expects them.
 REALTIME_FEATURES: tuple[str, ...] = (
-    "item_log_impressions_1h", "item_log_clicks_1h", "item_ctr_1h", "item_ctr_24h",
+    "item_log_impressions_1h", "item_log_clicks_1h", "item_log_ctr_lift_1h", "item_log_ctr_lift_24h",
     "item_log_trending", "user_log_impressions_24h", "user_log_clicks_1h", "user_log_clicks_24h",
-    "pair_log_covisits", "user_category_log_clicks_24h", "user_category_ctr_24h",
+    "pair_log_covisits", "user_category_log_clicks_24h", "user_category_log_ctr_lift_24h",
 )
 #: Positions (most recent first) over which the recency-weighted mean of recent items halves.
 RECENCY_HALF_LIFE = 2.0

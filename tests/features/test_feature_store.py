@@ -168,7 +168,7 @@ def test_unknown_count_name_is_a_value_error(store) -> None:
 
 
 def test_realtime_features_follow_the_readers_smoothed_values(redis_url: str) -> None:
-    from features.realtime import read_realtime_features
+    from features.realtime import log_lift, read_realtime_features
     from rtrec.recipe.model import REALTIME_FEATURES
 
     config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
@@ -182,8 +182,9 @@ def test_realtime_features_follow_the_readers_smoothed_values(redis_url: str) ->
     hot, cold, unseen = reader.items(["hot", "cold", "unseen"])
     col = {name: k for k, name in enumerate(REALTIME_FEATURES)}
     for row, item in enumerate((hot, cold, unseen)):
-        assert x[row, col["item_ctr_1h"]] == pytest.approx(item["ctr_1h"], rel=1e-5)
-        assert x[row, col["item_ctr_24h"]] == pytest.approx(item["ctr_24h"], rel=1e-5)
+        stream_ctr = 6 / 40  # every impression and click of the stream is within both windows
+        assert x[row, col["item_log_ctr_lift_1h"]] == pytest.approx(log_lift(item["ctr_1h"], stream_ctr), rel=1e-5)
+        assert x[row, col["item_log_ctr_lift_24h"]] == pytest.approx(log_lift(item["ctr_24h"], stream_ctr), rel=1e-5)
         assert x[row, col["item_log_trending"]] == pytest.approx(np.log1p(item["trending"]), rel=1e-4)
         assert x[row, col["item_log_impressions_1h"]] == pytest.approx(np.log1p(item["counts"].get("impression_1h", 0)))
     assert x[:, col["user_log_clicks_1h"]].tolist() == pytest.approx([np.log1p(6)] * 3)

@@ -11,7 +11,7 @@ import redis
 
 from features.config import FeatureConfig
 from features.reader import FeatureReader
-from features.realtime import read_realtime
+from features.realtime import log_lift, read_realtime
 from features.writer import FeatureWriter
 from rtrec.events import Event
 from rtrec.recipe.model import REALTIME_FEATURES
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 T0 = 1_700_000_000.0
 CLICKS = REALTIME_FEATURES.index("user_category_log_clicks_24h")
-CTR = REALTIME_FEATURES.index("user_category_ctr_24h")
+CTR = REALTIME_FEATURES.index("user_category_log_ctr_lift_24h")
 
 
 def test_user_category_counts_follow_the_items_category_from_the_catalogue(redis_url: str) -> None:
@@ -38,7 +38,8 @@ def test_user_category_counts_follow_the_items_category_from_the_catalogue(redis
                                   ("impression_24h", "click_24h"))
     assert counts.tolist() == [[2, 1], [1, 0], [0, 1], [0, 0]]
     dense = read_realtime(reader, ["u"], ["s2", "h1"]).dense
-    prior = config.ctr_prior_strength * (2 / 3)  # the stream's 24 h CTR: 2 clicks of 3 impressions
+    stream_ctr = 2 / 3  # the stream's 24 h CTR: 2 clicks of 3 impressions
+    prior = config.ctr_prior_strength * stream_ctr
     assert dense[:, CLICKS].tolist() == pytest.approx(np.log1p([1.0, 0.0]).tolist())
-    assert dense[:, CTR].tolist() == pytest.approx([(1 + prior) / (2 + config.ctr_prior_strength),
-                                                    prior / (1 + config.ctr_prior_strength)])
+    rates = np.array([(1 + prior) / (2 + config.ctr_prior_strength), prior / (1 + config.ctr_prior_strength)])
+    assert dense[:, CTR].tolist() == pytest.approx(log_lift(rates, stream_ctr).tolist())
