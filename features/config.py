@@ -22,7 +22,7 @@ class FeatureConfig:
     popular_tau_s: float = 86400.0  # decay time of popularity
     ranking_size: int = 10_000  # items kept in the trending / popular rankings
     covisit_window: int = 10  # a positive action co-visits the user's last N positive items
-    covisit_keep: int = 200  # co-visited items kept per item, the most co-visited first
+    covisit_keep: int = 100  # co-visited items kept per item, the most co-visited first (up to 2x between trims)
     user_category_window: str = "24h"  # the window of the (user, category) counters (none if not a window)
     covisit_query: int = 5  # the ranking feature sums co-visits with the user's last N items
     catalog_size: int = 1_000_000  # items kept in the catalogue (least recently changed leave first)
