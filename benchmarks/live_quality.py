@@ -19,13 +19,14 @@ recommended item carries the response's ``request_id``, as an app would log it; 
 none (the user found the item elsewhere). Serving logs every list it returns as impressions, so
 the worker also learns from what was shown and not clicked, as it would live.
 
-Baselines, on the very same sent stream and at the same instants (computed when the ask is made,
-from every event sent before it; learned when the event is sent): most popular so far and
-item-to-item co-occurrence over the user's last 5 items (pairs counted within 10 actions of a
-user), both without the items the user already acted on, ranking only items that were sent
-before; ties are broken by a seeded random priority per item. They are small dict/numpy classes
-here rather than ``evaluation/baselines.py``, whose classes work on a precomputed, integer-indexed
-``EvalStream`` of the whole log and whose module is being rewritten; they follow its definitions.
+Baselines, on the very same sent stream: for each event, from every event sent before it (the
+baselines know the user's exact history, as this client does), most popular so far and item-to-item
+co-occurrence over the user's last 5 items (pairs counted within 10 actions of a user), both
+without the items the user already acted on, ranking only items that were sent before; ties are
+broken by a seeded random priority per item. They are ``rtrec eval``'s own rankers
+(``evaluation/baselines.py``), run after the live part over the sent stream one event at a time
+(:func:`baseline_ranks`); an event's baseline state may hold the few events other users sent
+between its ask and its send (at most ``--concurrency``).
 
 Counted events (``evaluated``) exclude a warm-up (the first 10 % of the events sent, as ``rtrec
 eval``), events whose (user, item) pair was sent before (serving never recommends an item the
@@ -59,7 +60,6 @@ import argparse
 import asyncio
 import json
 import math
-import random
 import subprocess
 import sys
 import tempfile
@@ -74,6 +74,10 @@ import httpx
 import numpy as np
 
 from benchmarks.common import report
+from evaluation.baselines import Cooccurrence, Popularity
+from evaluation.batches import EvalBatch
+from evaluation.metrics import target_ranks
+from evaluation.stream import EvalStream
 from benchmarks.freshness import nearest_rank
 from producers.client import EventProducer
 from rtrec.events import Event
@@ -223,93 +227,39 @@ def rounded(x: float | None, digits: int = 4) -> float | None:
 
 # -- baselines ---------------------------------------------------------------------------------
 
-class Baselines:
-    """Most-popular-so-far and item-to-item co-occurrence, learned event by event as the events are sent.
+def baseline_ranks(outcomes: Sequence["Outcome"], seed: int = 0, query_len: int = RECENT_QUERY,
+                   window: int = PAIR_WINDOW,
+                   max_cooccurrence_items: int = MAX_COOCCURRENCE_ITEMS) -> list[dict[str, float | None]]:
+    """Per outcome (in ``outcomes``' order): the rank of its item by popularity and co-occurrence
+    (None when the catalogue outgrew the dense table), from every event sent before it.
 
-    Items get dense indices in order of first sending; "candidates" at a moment are the items sent
-    so far minus those the user acted on, as in ``rtrec eval``. Ranks are 1-based, ``inf`` for an
-    item never sent before.
+    ``rtrec eval``'s rankers, learned one sent event at a time; ranks are 1-based, ``inf`` for an
+    item never sent before or one the user already acted on.
 
-    >>> b = Baselines(seed=0)
-    >>> for u, i in [("a", "x"), ("b", "x"), ("b", "y"), ("c", "y"), ("c", "z")]:
-    ...     b.learn(u, i)
-    >>> b.ranks("a", "y")  # popularity: x is seen by a; y (2) above z (1). co-occurrence: x-y pair
+    >>> sent = [Outcome(n, u, i, float(n), False, math.inf, {}, 0.0)
+    ...         for n, (u, i) in enumerate([("a", "x"), ("b", "x"), ("b", "y"), ("c", "y"), ("c", "z"), ("a", "y")])]
+    >>> baseline_ranks(sent)[-1]  # popularity: a has x; y (2) above z (1). co-occurrence: the x-y pair
     {'popularity': 1.0, 'cooccurrence': 1.0}
-    >>> b.ranks("a", "new")
-    {'popularity': inf, 'cooccurrence': inf}
     """
-
-    def __init__(self, seed: int = 0, query_len: int = RECENT_QUERY, window: int = PAIR_WINDOW,
-                 max_cooccurrence_items: int = MAX_COOCCURRENCE_ITEMS) -> None:
-        self.query_len, self.window, self.max_items = query_len, window, max_cooccurrence_items
-        self.rng = random.Random(seed)
-        self.index: dict[str, int] = {}
-        self.priority = np.zeros(0)  # tie-break: a higher priority ranks first among equal scores
-        self.counts = np.zeros(0)
-        self.table: np.ndarray | None = np.zeros((0, 0), dtype=np.float32)
-        self.history: dict[str, list[int]] = {}  # items each user acted on, in order (repeats kept)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.index)
-
-    def ranks(self, user: str, item: str) -> dict[str, float]:
-        """Rank of ``item`` for ``user`` now by each baseline (None for co-occurrence once it is off)."""
-        target = self.index.get(item)
-        if target is None:
-            return {"popularity": math.inf, "cooccurrence": math.inf if self.table is not None else None}
-        n = self.n_items
-        history = self.history.get(user, [])
-        candidates = np.ones(n, dtype=bool)
-        candidates[history] = False
-        if not candidates[target]:  # a repeat: not a candidate (never counted, but keep it defined)
-            return {"popularity": math.inf, "cooccurrence": math.inf if self.table is not None else None}
-        out: dict[str, float] = {"popularity": self._rank(self.counts[:n], target, candidates)}
-        if self.table is None:
-            out["cooccurrence"] = None  # type: ignore[assignment]
-        else:
-            recent = history[-self.query_len:]
-            scores = self.table[recent, :n].sum(axis=0) if recent else np.zeros(n, dtype=np.float32)
-            out["cooccurrence"] = self._rank(scores, target, candidates)
-        return out
-
-    def learn(self, user: str, item: str) -> None:
-        """Take in one sent event (count it, pair it with the user's last ``window`` items)."""
-        target = self._add(item)
-        self.counts[target] += 1.0
-        history = self.history.setdefault(user, [])
-        if self.table is not None:
-            earlier = history[-self.window:]
-            if earlier:  # np.add.at: an item twice in the window counts twice, as in rtrec eval
-                np.add.at(self.table, (earlier, target), 1.0)
-                np.add.at(self.table, (target, earlier), 1.0)
-        history.append(target)
-
-    def _rank(self, scores: np.ndarray, target: int, candidates: np.ndarray) -> float:
-        own, prio = scores[target], self.priority[: scores.size]
-        above = (scores > own) | ((scores == own) & (prio > prio[target]))
-        return float(1 + np.count_nonzero(above & candidates))
-
-    def _add(self, item: str) -> int:
-        """The item's dense index, growing the arrays (doubling) for a new one."""
-        found = self.index.get(item)
-        if found is not None:
-            return found
-        n = self.index[item] = len(self.index)
-        if n >= self.counts.size:
-            size = max(64, 2 * self.counts.size)
-            self.counts = np.concatenate([self.counts, np.zeros(size - self.counts.size)])
-            self.priority = np.concatenate([self.priority, np.zeros(size - self.priority.size)])
-            if self.table is not None:
-                if size > self.max_items:
-                    print(f"co-occurrence baseline off: more than {self.max_items} items", flush=True)
-                    self.table = None
-                else:
-                    grown = np.zeros((size, size), dtype=np.float32)
-                    grown[: self.table.shape[0], : self.table.shape[1]] = self.table
-                    self.table = grown
-        self.priority[n] = self.rng.random()
-        return n
+    order = sorted(range(len(outcomes)), key=lambda n: outcomes[n].seq)
+    stream = EvalStream.from_events([Event(str(n), outcomes[n].user_id, outcomes[n].item_id, "click", float(k))
+                                     for k, n in enumerate(order)], recent_len=query_len)
+    rankers: list = [Popularity(stream.n_items)]
+    if stream.n_items <= max_cooccurrence_items:
+        rankers.append(Cooccurrence(stream.n_items, query_len, window, exact_history=True))
+    else:
+        print(f"co-occurrence baseline off: {stream.n_items} items, more than {max_cooccurrence_items}", flush=True)
+    tiebreak = np.random.default_rng(seed).permutation(stream.n_items)
+    out: list[dict[str, float | None]] = [{} for _ in outcomes]
+    for k, n in enumerate(order):  # one event at a time: each ranks with every earlier one learned
+        batch = EvalBatch(stream, np.array([k]))
+        candidates = batch.candidates()
+        ranks = {r.name.removesuffix("_exact"): float(target_ranks(np.asarray(r.scores(batch)), batch.items,
+                                                                    candidates, tiebreak)[0]) for r in rankers}
+        out[n] = {"popularity": ranks["popularity"], "cooccurrence": ranks.get("cooccurrence")}
+        for ranker in rankers:
+            ranker.learn(batch)
+    return out
 
 
 # -- the live run ------------------------------------------------------------------------------
@@ -324,7 +274,7 @@ class Outcome:
     ts: float  # as sent
     repeat: bool
     rank: float  # in serving's list (inf: not in it)
-    baseline: dict[str, float | None]
+    baseline: dict[str, float | None]  # filled in after the live part (:func:`baseline_ranks`)
     latency_s: float
     error: bool = False
     loss: str | None = None
@@ -340,7 +290,6 @@ class LiveRun:
     http: httpx.AsyncClient
     producer: EventProducer
     run: str
-    baselines: Baselines = field(default_factory=Baselines)
     outcomes: list[Outcome] = field(default_factory=list)
     sent_pairs: set[tuple[str, str]] = field(default_factory=set)
     errors: Counter = field(default_factory=Counter)
@@ -348,8 +297,7 @@ class LiveRun:
     sent_at: dict[str, float] = field(default_factory=dict)  # per user: when its last event was sent (monotonic)
 
     async def one(self, n: int, event: Planned) -> None:
-        """Ask, note the baselines' ranks at the same instant, diagnose a miss, then send the event."""
-        base = self.baselines.ranks(event.user_id, event.item_id)
+        """Ask, diagnose a miss, then send the event."""
         repeat = (event.user_id, event.item_id) in self.sent_pairs
         started = time.perf_counter()
         body, error = None, False
@@ -375,7 +323,7 @@ class LiveRun:
             beyond = loss == "lost_not_retrieved" and event.item_id in (explain.get("retrieved") or [])
         ts = self._send(n, event, body if rank <= K else None)  # no await from here: seq = send order
         self.outcomes.append(Outcome(len(self.outcomes), event.user_id, event.item_id, ts, repeat,
-                                     rank, base, latency, error, loss, cold, beyond, event.category))
+                                     rank, {}, latency, error, loss, cold, beyond, event.category))
 
     async def _indexed(self, item: str, body: dict) -> bool | None:
         """Whether serving has a row for the item (only asked when the explanation needs it)."""
@@ -397,7 +345,6 @@ class LiveRun:
             item={"category": event.category} if event.category else None))
         self.sent_pairs.add((event.user_id, event.item_id))
         self.sent_at[event.user_id] = time.monotonic()
-        self.baselines.learn(event.user_id, event.item_id)
         return ts
 
 
@@ -409,7 +356,7 @@ async def run_live(info: ReadyInfo, topic: str, plan: list[Planned], args: argpa
     tasks: set[asyncio.Task] = set()
     async with httpx.AsyncClient(base_url=info.serving, timeout=30, limits=limits) as http:
         with EventProducer(info.kafka, topic) as producer:
-            live = LiveRun(http, producer, run, Baselines(seed=args.seed))
+            live = LiveRun(http, producer, run)
             due, started, interval = time.monotonic(), time.monotonic(), 1.0 / args.rate
             for n, event in enumerate(plan):
                 previous = last.get(event.user_id)
@@ -445,13 +392,12 @@ async def _sleep_until(t: float) -> None:
 
 
 def _progress(live: LiveRun, done: int, total: int, seconds: float) -> None:
-    """One readable line: events so far, rate, running HR@10 of the model and the baselines."""
+    """One readable line: events so far, rate, running HR@10 of the model (baselines come after the run)."""
     ranks = [o for o in live.outcomes if not o.repeat and not o.error]
     hr, _ = hr_ndcg([o.rank for o in ranks])
-    pop, _ = hr_ndcg([o.baseline["popularity"] for o in ranks])
     cold = sum(o.loss == "served_cold_start" for o in ranks)
-    print(f"  {done}/{total} events, {done / seconds:.0f}/s; HR@10 so far (warm-up included) live {hr:.3f}, "
-          f"popularity {pop:.3f}; cold-start lists {cold}; errors {sum(live.errors.values())}", flush=True)
+    print(f"  {done}/{total} events, {done / seconds:.0f}/s; HR@10 so far (warm-up included) live {hr:.3f}; "
+          f"cold-start lists {cold}; errors {sum(live.errors.values())}", flush=True)
 
 
 def serving_side(metrics_url: str) -> dict[str, float]:
@@ -590,6 +536,8 @@ def main() -> None:
           f"{inside}", flush=True)
     if live.errors:
         print(f"failed asks: {dict(live.errors)}", flush=True)
+    for outcome, ranks in zip(live.outcomes, baseline_ranks(live.outcomes, args.seed)):
+        outcome.baseline.update(ranks)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         offline, why = offline_hr(live.outcomes, Path(args.out))

@@ -1,5 +1,6 @@
-"""The pure logic of benchmarks/live_quality.py: the live order, the baselines, the metrics, the loss
-classification and reading ``rtrec eval``'s results (no servers)."""
+"""The pure logic of benchmarks/live_quality.py: the live order, the baselines (rtrec eval's, one
+sent event at a time), the metrics, the loss classification and reading ``rtrec eval``'s results
+(no servers)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import benchmarks.live_quality as lq
-from benchmarks.live_quality import (Baselines, Outcome, Planned, counted, hr_ndcg, live_order, loss_of,
+from benchmarks.live_quality import (Outcome, Planned, counted, hr_ndcg, live_order, loss_of,
                                      model_hr_from_results, rank_in, write_stream)
 from rtrec.events import Event
 
@@ -69,23 +71,22 @@ def _brute_rank(scores: dict[str, float], target: str, excluded: set[str], prior
 def test_baselines_agree_with_their_definitions_on_a_random_stream() -> None:
     rng = random.Random(7)
     stream = [(f"u{rng.randrange(12)}", f"i{min(rng.randrange(40), rng.randrange(40))}") for _ in range(600)]
-    base = Baselines(seed=3)
+    sent = [Outcome(n, u, i, float(n), False, math.inf, {}, 0.0) for n, (u, i) in enumerate(stream)]
+    got = lq.baseline_ranks(sent[::-1], seed=3)[::-1]  # any order in: ranks follow the send order
+    first_seen = list(dict.fromkeys(i for _, i in stream))
+    permutation = np.random.default_rng(3).permutation(len(first_seen))
+    priority = {name: float(permutation[k]) for k, name in enumerate(first_seen)}
     counts: dict[str, float] = {}
     pairs: dict[tuple[str, str], float] = {}
     history: dict[str, list[str]] = {}
-    for user, item in stream:
-        got = base.ranks(user, item)
+    for (user, item), ranks in zip(stream, got):
         mine = history.get(user, [])
-        if item not in counts:
-            assert got == {"popularity": math.inf, "cooccurrence": math.inf}
-        elif item in mine:
-            assert got["popularity"] == math.inf  # a repeat is no candidate
+        if item not in counts or item in mine:  # never sent before, or a repeat: no candidate
+            assert ranks == {"popularity": math.inf, "cooccurrence": math.inf}
         else:
-            priority = {name: float(base.priority[base.index[name]]) for name in counts}
             co = {j: sum(pairs.get((h, j), 0.0) for h in mine[-lq.RECENT_QUERY:]) for j in counts}
-            assert got["popularity"] == _brute_rank(counts, item, set(mine), priority)
-            assert got["cooccurrence"] == _brute_rank(co, item, set(mine), priority)
-        base.learn(user, item)
+            assert ranks["popularity"] == _brute_rank(counts, item, set(mine), priority)
+            assert ranks["cooccurrence"] == _brute_rank(co, item, set(mine), priority)
         counts[item] = counts.get(item, 0.0) + 1
         for h in mine[-lq.PAIR_WINDOW:]:
             pairs[h, item] = pairs.get((h, item), 0.0) + 1
@@ -93,13 +94,10 @@ def test_baselines_agree_with_their_definitions_on_a_random_stream() -> None:
         history.setdefault(user, []).append(item)
 
 
-def test_cooccurrence_switches_off_past_its_table_limit() -> None:
-    base = Baselines(max_cooccurrence_items=64)
-    for n in range(65):
-        base.learn("u", f"i{n}")
-    assert base.table is None
-    ranks = base.ranks("v", "i3")
-    assert ranks["cooccurrence"] is None and ranks["popularity"] >= 1
+def test_cooccurrence_is_off_past_its_table_limit() -> None:
+    sent = [Outcome(n, "u" if n < 65 else "v", f"i{n % 65}", float(n), False, math.inf, {}, 0.0) for n in range(66)]
+    ranks = lq.baseline_ranks(sent, max_cooccurrence_items=64)
+    assert ranks[-1]["cooccurrence"] is None and ranks[-1]["popularity"] >= 1
 
 
 def test_metrics_follow_rtrec_eval() -> None:
