@@ -1,14 +1,25 @@
--- Applies a batch of events to the feature store atomically and idempotently (by event_id).
--- ARGV: prefix, dedupe_ttl, key_ttl, recent_n, session_gap, trend_tau, pop_tau, ranking_size,
---       catalog_size, covisit_window, covisit_keep, uc_window (the window, 1-based, of the (user,
---       category) counters; 0: none), nwin, then (name, bucket_s, slots) per window,
---       then one JSON array of events, each
---       [event_id, ts, user, item, action, positive (1/0), category ("" if none)].
+-- Applies a batch of events to the feature store atomically and at most once.
+-- ARGV: prefix, dedupe_window (seconds an event_id mark lives; 0: none), key_ttl, recent_n,
+--       session_gap, trend_tau, pop_tau, ranking_size, catalog_size, covisit_window, covisit_keep,
+--       uc_window (the window, 1-based, of the (user, category) counters; 0: none), nwin, then
+--       (name, bucket_s, slots) per window, then one JSON array of events, each
+--       [event_id, ts, user, item, action, positive (1/0), category ("" if none)] or, for an event
+--       read from Kafka, the same plus [range (1-based index into the ranges), offset];
+--       then one JSON array of ranges, each ["topic:partition", from, to]: the offsets [from, to)
+--       of that partition this call covers (its events, and the messages between them that were
+--       not events: dead letters).
 --       (One JSON argument instead of 7 per event: packing thousands of arguments costs the
 --       client more than decoding one string costs Redis.)
--- Returns {applied, duplicates}. Key names follow features/keys.py.
+-- At most once: an event with an offset below its partition's applied offset (hash {p}offsets:
+-- "topic:partition" -> next offset to apply, updated here to each range's `to`) is a duplicate
+-- (a redelivery); any other event is a duplicate if its event_id was marked within the dedupe
+-- window (a producer that sent it twice), and is marked otherwise.
+-- A range whose `from` lies beyond its partition's applied offset means the store lost writes
+-- (Redis restarted from an AOF that lacked its last second, or an older snapshot): then nothing
+-- is applied and the call returns {0, 0, range, applied offset, range, applied offset...} (every
+-- such range), so the caller re-applies the gap from Kafka first. Otherwise it returns {applied, duplicates}. Key names follow features/keys.py.
 local p = ARGV[1]
-local dedupe_ttl, key_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local dedupe_window, key_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local recent_n, session_gap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local taus = {{p .. 'trending', tonumber(ARGV[6])}, {p .. 'popular', tonumber(ARGV[7])}}
 local ranking_size, catalog_size = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -91,12 +102,38 @@ local function covisit(rkey, item)
   end
 end
 
+-- The applied offsets: checked for a gap before anything changes, so a call applies all or nothing.
+local okey = p .. 'offsets'
+local ranges = cjson.decode(ARGV[i + 1])
+local next_of, gaps = {}, {0, 0}
+for r, range in ipairs(ranges) do
+  local mark = redis.call('HGET', okey, range[1])
+  if mark and tonumber(mark) < range[2] then
+    table.insert(gaps, r)
+    table.insert(gaps, tonumber(mark))
+  end
+  next_of[r] = tonumber(mark or '0')
+end
+if #gaps > 2 then return gaps end
+
+local function fresh(eid, r, off)
+  -- true if the event was not applied before: by its offset, else (and also) by its event_id
+  if r then
+    if off < next_of[r] then return false end
+    next_of[r] = off + 1
+  end
+  if dedupe_window > 0 then
+    return redis.call('SET', p .. 'seen:' .. eid, '1', 'NX', 'EX', dedupe_window) ~= false
+  end
+  return true
+end
+
 local wm = tonumber(redis.call('GET', p .. 'wm') or '0')
 local applied, dup = 0, 0
 for _, ev in ipairs(cjson.decode(ARGV[i])) do
   local eid, ts, user, item = ev[1], tonumber(ev[2]), ev[3], ev[4]
   local action, positive, category = ev[5], ev[6], ev[7]
-  if redis.call('SET', p .. 'seen:' .. eid, '1', 'NX', 'EX', dedupe_ttl) then
+  if fresh(eid, ev[8], ev[9]) then
     applied = applied + 1
     if ts > wm then wm = ts end
     local ukey, ikey = p .. 'c:u:' .. user, p .. 'c:i:' .. item
@@ -169,4 +206,8 @@ for _, z in ipairs(taus) do
   if n > ranking_size then redis.call('ZREMRANGEBYRANK', z[1], 0, n - ranking_size - 1) end
   redis.call('EXPIRE', z[1], key_ttl)
 end
+for r, range in ipairs(ranges) do
+  redis.call('HSET', okey, range[1], string.format('%.0f', math.max(next_of[r], range[3])))
+end
+if #ranges > 0 then redis.call('EXPIRE', okey, key_ttl) end
 return {applied, dup}

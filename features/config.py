@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from features.windows import DEFAULT_WINDOWS, WindowSpec
-from rtrec.settings import DEFAULT_MAX_EVENT_AHEAD_S
+from rtrec.settings import DEFAULT_DEDUPE_WINDOW_S, DEFAULT_MAX_EVENT_AHEAD_S
 
 #: Actions that show interest: they feed recent items, sessions, trending and popularity.
 POSITIVE_ACTIONS = frozenset({"click", "like", "share", "purchase", "rating"})
@@ -27,7 +27,8 @@ class FeatureConfig:
     covisit_query: int = 5  # the ranking feature sums co-visits with the user's last N items
     catalog_size: int = 1_000_000  # items kept in the catalogue (least recently changed leave first)
     ctr_prior_strength: float = 20.0  # pseudo-impressions of the smoothing prior
-    lateness_s: float = 3600.0  # how late an event may arrive and still be deduplicated
+    lateness_s: float = 3600.0  # how late an event may arrive and still be counted in its window
+    dedupe_window_s: int = DEFAULT_DEDUPE_WINDOW_S  # how long an event_id is remembered (0: not at all)
     max_event_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S  # later event times are refused (wall clock)
     prefix: str = "rtrec:"
     positive_actions: frozenset[str] = field(default=POSITIVE_ACTIONS)
@@ -39,5 +40,8 @@ class FeatureConfig:
 
     @property
     def dedupe_ttl_s(self) -> int:
-        """How long an event_id is remembered: past that its effect has left every window anyway."""
-        return self.key_ttl_s
+        """How long an event_id is remembered (``dedupe_window_s``): the same event sent again within
+        it is skipped. Events read from Kafka are also, and first, deduplicated by their offsets,
+        which cost no memory per event; the window is for what offsets cannot tell (a producer
+        that sent an event twice) and for events written without offsets."""
+        return self.dedupe_window_s

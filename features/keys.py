@@ -1,12 +1,14 @@
 """The Redis key layout of the feature store, in one place (serving never builds keys itself).
 
 Every key expires: ``key_ttl_s`` (longest window + allowed lateness) after its last write, the
-dedupe marks after ``dedupe_ttl_s`` and session lists after the session gap.
+dedupe marks after ``dedupe_window_s`` (``RTREC_DEDUPE_WINDOW_S``) and session lists after the
+session gap.
 
 | key | type | content |
 |---|---|---|
 | ``{p}wm`` | string | watermark: newest event time applied (never beyond the writer's event-time bound) |
-| ``{p}seen:{event_id}`` | string | the event was applied (idempotency), TTL ``dedupe_ttl_s`` |
+| ``{p}seen:{event_id}`` | string | the event was applied (idempotency against a producer that sent it twice, and for events written without Kafka offsets), TTL ``dedupe_window_s`` |
+| ``{p}offsets`` | hash | ``{topic}:{partition}`` → next Kafka offset to apply: events below it were applied (written by the call that applied them) |
 | ``{p}c:u:{user}`` / ``{p}c:i:{item}`` / ``{p}c:g`` | hash | ``{window}:{action}:{slot}`` → ``"{bucket}:{count}"``; ``last_ts``; ``category`` (items) |
 | ``{p}c:uc:{user}<US>{category}`` | hash | the user's counters of one item category (``<US>``: the byte 0x1F), in the ``user_category_window`` only |
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |
@@ -45,6 +47,11 @@ def covisits(prefix: str, item_id: str) -> str:
 
 def ranking(prefix: str, name: str) -> str:
     return f"{prefix}{name}"
+
+
+def applied_offsets(prefix: str) -> str:
+    """Hash of the next Kafka offset to apply per ``topic:partition`` (``apply_events.lua``)."""
+    return f"{prefix}offsets"
 
 
 def watermark(prefix: str) -> str:

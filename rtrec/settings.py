@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 #: Default of ``max_event_ahead_s``, also the default of the library classes that take the bound
 #: (validation, feature writer, parameter store), which never read the environment themselves.
 DEFAULT_MAX_EVENT_AHEAD_S = 3600.0
+#: Default of ``dedupe_window_s``: seconds an event_id is remembered by the feature store (longer
+#: than a Kafka producer keeps retrying a send: kafka-python's 5 retries of 30 s requests).
+DEFAULT_DEDUPE_WINDOW_S = 300
 
 #: Serving endpoints by name (a route's fixed path segments joined by ``_``) that
 #: ``RTREC_OPEN_ENDPOINTS`` may serve without ``X-API-Key``.
@@ -73,6 +76,10 @@ class Settings(BaseSettings):
     max_event_ahead_s: float = Field(
         DEFAULT_MAX_EVENT_AHEAD_S, ge=0,
         description="Events stamped more than this many seconds after the wall clock are dead-lettered.")
+    dedupe_window_s: int = Field(
+        DEFAULT_DEDUPE_WINDOW_S, ge=0,
+        description="Seconds the feature store remembers an event_id, so an event a producer sent twice counts once "
+                    "(0 = never; redelivered Kafka messages are recognised by offset regardless).")
     replay_batches: int = Field(
         2, ge=0, description="Earlier example batches trained again with each small new one (experience replay; 0 = off).")
     torch_threads: int = Field(1, ge=1, description="CPU threads torch may use in a worker or serving process.")

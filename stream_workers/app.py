@@ -3,8 +3,8 @@ the pipeline (:class:`stream_workers.pipeline.BatchPipeline`, or the same in a c
 :class:`stream_workers.pipeline_process.PipelineProcess`); dead letters go to ``actions.dlq``.
 
 Delivery is at-least-once: ``stream.take_events`` acknowledges a batch's messages only after the
-pipeline returned, so a crash re-delivers the batch, and feature updates are idempotent by
-event_id. The pipeline call runs in a thread so the event loop keeps fetching meanwhile.
+pipeline returned, so a crash re-delivers the batch, and feature updates are idempotent (each
+message's offset travels with it: the feature store records how far it applied each partition). The pipeline call runs in a thread so the event loop keeps fetching meanwhile.
 
 Each call carries the attempt number (the pipeline counts retries where the worker's metrics are
 served) and the consumer's current assignment (each worker reports the lag of its own partitions);
@@ -47,7 +47,8 @@ class Pipeline(Protocol):
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
                 starts: Mapping[str, Mapping[int, int]] | None = None,
                 partitions: Sequence[int] | None = None, *, attempt: int = 0,
-                assignment: Collection[tuple[str, int]] | None = None) -> BatchResult: ...
+                assignment: Collection[tuple[str, int]] | None = None,
+                message_offsets: Sequence[int] | None = None) -> BatchResult: ...
 
     def assign(self, assignment: Collection[tuple[str, int]]) -> None: ...
 
@@ -81,8 +82,10 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         async for batch in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_within_s):
             values = [event.message.value for event in batch]
             partitions = [event.message.partition for event in batch]
+            await send_undecodable(pipeline, dlq)  # first: a feature-gap fill must know what the consumer skipped
             result = await _process_with_retry(pipeline, values, next_offsets(batch), first_offsets(batch), partitions,
-                                               lambda: assigned_partitions(app.consumer.assignment()))
+                                               lambda: assigned_partitions(app.consumer.assignment()),
+                                               [event.message.offset for event in batch])
             for letter in result.dead_letters:
                 await dlq.send(value=letter.to_json())
             if result.dead_letters:
@@ -156,7 +159,8 @@ async def send_undecodable(pipeline: Pipeline, dlq: faust.TopicT) -> None:
 
 async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, starts: dict,
                               partitions: list[int],
-                              assignment: Callable[[], list[tuple[str, int]]]) -> BatchResult:
+                              assignment: Callable[[], list[tuple[str, int]]],
+                              message_offsets: list[int] | None = None) -> BatchResult:
     """Run the pipeline until it succeeds: the batch stays unacknowledged (not lost) meanwhile.
 
     Every attempt says which one it is (the pipeline counts the retries) and carries the
@@ -165,7 +169,7 @@ async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, s
     while True:
         try:
             return await asyncio.to_thread(pipeline.process, values, offsets, starts, partitions,
-                                           attempt=attempt, assignment=assignment())
+                                           attempt=attempt, assignment=assignment(), message_offsets=message_offsets)
         except (redis.RedisError, OSError, RtrecError) as exc:
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
             log.error("batch of %d failed (%r); retrying in %.1f s", len(values), exc, delay)

@@ -1,7 +1,7 @@
 """The frames a worker sends to its pipeline process and gets back (no pickle: JSON + raw bytes).
 
 A request is a header (JSON: offsets, per-message lengths, -1 for a missing value, each
-message's partition, the attempt number and the consumer's assignment) followed by the messages'
+message's partition and offset, the attempt number and the consumer's assignment) followed by the messages'
 bytes back to back; a request without messages only updates the assignment (a Faust batch is
 never empty). A result is one JSON object. On the pipe, every frame is a 4-byte big-endian
 length and the payload.
@@ -42,22 +42,26 @@ class BatchRequest:
     attempt: int = 0
     assignment: list[tuple[str, int]] | None = None
     undecodable: list[UndecodableBatch] = field(default_factory=list)  # batches the consumer skipped
+    message_offsets: list[int] | None = None  # each message's Kafka offset
 
 
 def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping[int, int]] | None,
                    starts: Mapping[str, Mapping[int, int]] | None = None,
                    partitions: Sequence[int] | None = None, *, attempt: int = 0,
                    assignment: Collection[tuple[str, int]] | None = None,
-                   undecodable: Sequence[UndecodableBatch] = ()) -> bytes:
+                   undecodable: Sequence[UndecodableBatch] = (),
+                   message_offsets: Sequence[int] | None = None) -> bytes:
     """``starts``: topic -> partition -> offset of the batch's first message (for recovery);
     ``partitions``: each message's partition (None: not known); ``attempt``: 0 for a batch's
-    first try; ``assignment``: the (topic, partition) pairs the consumer owns (None: not known)."""
+    first try; ``assignment``: the (topic, partition) pairs the consumer owns (None: not known);
+    ``message_offsets``: each message's offset (None: not known)."""
     lengths = [-1 if v is None else len(v) for v in values]
     header = json.dumps({"offsets": offsets or {}, "lengths": lengths, "starts": starts or {},
                          "partitions": None if partitions is None else [int(p) for p in partitions],
                          "attempt": int(attempt),
                          "assignment": None if assignment is None else sorted([str(t), int(p)] for t, p in assignment),
                          "undecodable": [b.as_dict() for b in undecodable],
+                         "message_offsets": None if message_offsets is None else [int(o) for o in message_offsets],
                          }).encode()
     return _LEN.pack(len(header)) + header + b"".join(v for v in values if v is not None)
 
@@ -85,10 +89,14 @@ def decode_batch_request(frame: bytes) -> BatchRequest:
     if partitions is not None and len(partitions) != len(values):
         raise ValueError(f"{len(partitions)} partitions for {len(values)} messages")
     assignment = header.get("assignment")
+    message_offsets = header.get("message_offsets")
+    if message_offsets is not None and len(message_offsets) != len(values):
+        raise ValueError(f"{len(message_offsets)} offsets for {len(values)} messages")
     return BatchRequest(values, offsets, starts, None if partitions is None else [int(p) for p in partitions],
                         int(header.get("attempt", 0)),
                         None if assignment is None else [(str(t), int(p)) for t, p in assignment],
-                        [UndecodableBatch.from_dict(d) for d in header.get("undecodable", [])])
+                        [UndecodableBatch.from_dict(d) for d in header.get("undecodable", [])],
+                        None if message_offsets is None else [int(o) for o in message_offsets])
 
 
 def encode_result(result: BatchResult) -> bytes:

@@ -16,7 +16,7 @@ from rtrec.settings import Settings
 from rtrec.recipe.joiner import Joiner
 from rtrec.recipe.negatives import NegativeSampler
 from stream_workers.pipeline import BatchPipeline
-from stream_workers.recovery import KafkaRangeReader, Recovery
+from stream_workers.recovery import FeatureGapFill, KafkaRangeReader, Recovery
 from rtrec.recipe.trainer import OnlineTrainer
 from rtrec.recipe.training import TrainingStep
 
@@ -33,7 +33,8 @@ def build_pipeline(settings: Settings, train: bool = True, *, params: Any | None
     ``seed`` seeds the initial weights and the negative sampler.
     """
     client = redis_client if redis_client is not None else redis.Redis.from_url(settings.redis_url)
-    writer = FeatureWriter(client, FeatureConfig(max_event_ahead_s=settings.max_event_ahead_s))
+    writer = FeatureWriter(client, FeatureConfig(max_event_ahead_s=settings.max_event_ahead_s,
+                                                 dedupe_window_s=settings.dedupe_window_s))
     step = recovery = None
     joiner = Joiner(window_s=settings.join_window_s)
     if train:
@@ -45,4 +46,7 @@ def build_pipeline(settings: Settings, train: bool = True, *, params: Any | None
                             sampler=NegativeSampler(seed=seed), replay_batches=settings.replay_batches, seed=seed)
         if remote:
             recovery = Recovery(step, joiner, KafkaRangeReader(settings.kafka))
-    return BatchPipeline(writer, joiner, step, recovery, settings.max_event_ahead_s)
+    # batches with offsets (the worker's) re-apply from Kafka what the feature store lost; the
+    # reader connects only when a gap is found
+    gap_fill = FeatureGapFill(writer, KafkaRangeReader(settings.kafka))
+    return BatchPipeline(writer, joiner, step, recovery, settings.max_event_ahead_s, gap_fill)

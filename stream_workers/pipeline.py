@@ -12,7 +12,9 @@ A batch that fails (Redis or a parameter-server shard away) is retried by the ca
 and the point-in-time reads change state, so they run once per batch: the pipeline keeps the
 batch's examples until the batch succeeds, and a retry of the same batch (same offsets, or the
 same bytes) trains on exactly those examples, skips a training step that already succeeded, and
-re-applies the feature write (idempotent by ``event_id``). A retried batch therefore yields
+re-applies the feature write (idempotent: by Kafka offset when the batch brings its messages'
+offsets, else by ``event_id``). With offsets, a feature store that lost writes (Redis restarted
+behind the consumer) gets the gap re-applied from Kafka first (:class:`stream_workers.recovery.FeatureGapFill`). A retried batch therefore yields
 exactly the examples of a batch that succeeds at once. The caller numbers its attempts, and
 retries are counted here (``rtrec_worker_batch_retries_total``), in the process that serves the
 worker's metrics.
@@ -27,12 +29,12 @@ from dataclasses import dataclass
 from contextlib import nullcontext
 from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
-from features.writer import FeatureWriter, WriteResult
+from features.writer import FeatureWriter, LogPosition, WriteResult
 from rtrec.events import Event, action_label
 from rtrec.recipe.joiner import Joiner, LabelledExample
 from rtrec.settings import DEFAULT_MAX_EVENT_AHEAD_S
 from stream_workers import metrics
-from stream_workers.validation import DeadLetter, UndecodableBatch, split_batch
+from stream_workers.validation import DeadLetter, UndecodableBatch, split_batch, split_tagged
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +72,19 @@ class BatchPipeline:
     """Processes consumed message values; ``train`` receives the examples the joiner completed."""
 
     def __init__(self, writer: FeatureWriter, joiner: Joiner, train: Trainer | None = None,
-                 recovery: Any | None = None, max_event_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S) -> None:
+                 recovery: Any | None = None, max_event_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S,
+                 gap_fill: Any | None = None) -> None:
         self.writer = writer
+        #: stream_workers.recovery.FeatureGapFill: writes batches with offsets, re-applying what the store lost
+        self.gap_fill = gap_fill
         self.max_event_ahead_s = max_event_ahead_s  # later events are dead-lettered (RTREC_MAX_EVENT_AHEAD_S)
         self.joiner = joiner
         self.train = train
         self.recovery = recovery  # stream_workers.recovery.Recovery: replays what a restarted shard lost
         self._redis_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer")
         self._attempt: _Attempt | None = None
+        #: next offset per (topic, partition) of the batches whose features were written here
+        self.consumed: dict[tuple[str, int], int] = {}
         #: Called with each batch's consumer assignment (the worker's lag monitor takes it).
         self.on_assignment: Callable[[Collection[tuple[str, int]]], None] | None = None
 
@@ -85,7 +92,8 @@ class BatchPipeline:
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
                 starts: Mapping[str, Mapping[int, int]] | None = None,
                 partitions: Sequence[int] | None = None, *, attempt: int = 0,
-                assignment: Collection[tuple[str, int]] | None = None) -> BatchResult:
+                assignment: Collection[tuple[str, int]] | None = None,
+                message_offsets: Sequence[int] | None = None) -> BatchResult:
         """Apply a batch; raises only if Redis or training fail (then the batch is not committed).
 
         ``offsets`` (topic → partition → next offset) are what this batch brings the consumer to;
@@ -96,18 +104,26 @@ class BatchPipeline:
         (0 = first; later ones count as retries here, where the worker's metrics are served).
         ``assignment`` (the ``(topic, partition)`` pairs the consumer owns now) goes to
         :attr:`on_assignment` before the batch runs, so a failing batch still reports it.
+        ``message_offsets[n]`` is the Kafka offset of ``values[n]`` (with ``partitions``, and the one
+        topic of ``offsets``): the feature store then deduplicates by offset and records how far it
+        applied each partition; without them it deduplicates by ``event_id`` only.
         """
         if assignment is not None:
             self.assign(assignment)
         if attempt > 0:
             metrics.BATCH_RETRIES.inc()
         start = time.perf_counter()
-        events, event_partitions, dead = _split(values, partitions, self.max_event_ahead_s)
+        positions = _positions(partitions, message_offsets, offsets, starts, len(values))
+        events, event_positions, dead = _split(values, positions, self.max_event_ahead_s)
+        event_partitions = [p for _, p, _ in event_positions] if partitions is not None else [0] * len(events)
+        log_write = None
+        if message_offsets is not None:
+            log_write = ([tuple(p) for p in event_positions], _ranges(starts, offsets))
         counts = _count_actions(events)
         for action, n in counts.items():
             metrics.EVENTS_CONSUMED.labels(action).inc(n)
         try:
-            return self._process(values, events, event_partitions, dead, counts, offsets, starts, start)
+            return self._process(values, events, event_partitions, dead, counts, offsets, starts, start, log_write)
         except Exception:
             metrics.BATCH_FAILURES.inc()  # the caller logs it and retries the batch
             raise
@@ -116,6 +132,8 @@ class BatchPipeline:
         """Count record batches the consumer skipped; their dead letters, for the caller to send."""
         for batch in batches:
             metrics.UNDECODABLE_BATCHES.labels(batch.topic).inc()
+            if self.gap_fill is not None:  # a feature-gap fill must pass over them too
+                self.gap_fill.skip((batch.topic, batch.partition), batch.first_offset, batch.next_offset)
         return [batch.dead_letter() for batch in batches]
 
     def assign(self, assignment: Collection[tuple[str, int]]) -> None:
@@ -126,10 +144,12 @@ class BatchPipeline:
 
     def _process(self, values: Sequence[bytes | None], events: list[Event], partitions: list[int],
                  dead: list[DeadLetter], counts: Mapping[str, int], offsets: Mapping[str, Mapping[int, int]] | None,
-                 starts: Mapping[str, Mapping[int, int]] | None, start: float) -> BatchResult:
+                 starts: Mapping[str, Mapping[int, int]] | None, start: float,
+                 log_write: tuple[list[LogPosition], dict[tuple[str, int], tuple[int, int]]] | None = None
+                 ) -> BatchResult:
         replayed = self.recovery.before_batch(offsets, starts) if self.recovery is not None else frozenset()
         attempt = self._join(_batch_key(values, starts), events, partitions)
-        writing = self._redis_thread.submit(self.writer.write_many, events)
+        writing = self._redis_thread.submit(self._write_features, events, log_write)
         try:
             if attempt.batch is not None and not attempt.trained:
                 with self.recovery.pushing_to_all_but(replayed) if replayed else nullcontext():
@@ -156,6 +176,37 @@ class BatchPipeline:
         batch = self.train.prepare(examples) if self.train is not None else None
         self._attempt = _Attempt(key, examples, batch)
         return self._attempt
+
+    def _write_features(self, events: list[Event],
+                        log_write: tuple[list[LogPosition], dict[tuple[str, int], tuple[int, int]]] | None
+                        ) -> WriteResult:
+        """The batch's feature write: by offset (re-applying a gap the store lost first) when the
+        batch brought its offsets, else by ``event_id``."""
+        if log_write is None:
+            return self.writer.write_many(events)
+        positions, ranges = log_write
+        if self.gap_fill is not None:
+            result = self.gap_fill.write_many(events, positions, ranges)
+        else:
+            result = self.writer.write_many(events, offsets=positions, ranges=ranges)
+        for tp, (_, end) in ranges.items():
+            self.consumed[tp] = max(self.consumed.get(tp, 0), end)
+        return result
+
+    def reapply_lost(self, assignment: Collection[tuple[str, int]] | None = None) -> int:
+        """Between batches: re-apply from Kafka what the feature store lost of the partitions this
+        worker consumed (and owns, if ``assignment`` is given), up to where it consumed them: a
+        batch finds such a gap itself, but a partition that gets no message would wait for one.
+        Returns the number of partitions re-applied."""
+        if self.gap_fill is None or not self.consumed:
+            return 0
+        applied = self.writer.applied_offsets()
+        owned = set(assignment) if assignment is not None else set(self.consumed)
+        lost = {tp: (applied[tp], end) for tp, end in self.consumed.items()
+                if tp in owned and tp in applied and applied[tp] < end}
+        for tp, (lo, hi) in sorted(lost.items()):
+            self.gap_fill.fill(tp, lo, hi)
+        return len(lost)
 
     @staticmethod
     def _observe(events: list[Event], counts: Mapping[str, int], dead: list[DeadLetter],
@@ -184,25 +235,54 @@ def _count_actions(events: Sequence[Event]) -> dict[str, int]:
     return counts
 
 
-def _split(values: Sequence[bytes | None], partitions: Sequence[int] | None,
-           max_ahead_s: float) -> tuple[list[Event], list[int], list[DeadLetter]]:
-    """Valid events with their partitions, and dead letters; events keep their order per partition."""
-    now = time.time()  # the worker's clock, once per batch
+def _positions(partitions: Sequence[int] | None, message_offsets: Sequence[int] | None,
+               offsets: Mapping[str, Mapping[int, int]] | None, starts: Mapping[str, Mapping[int, int]] | None,
+               n: int) -> list[tuple[str, int, int]] | None:
+    """Each message's (topic, partition, offset) where known (its offset needs its partition and the
+    batch's one topic), else its partition alone as ("", partition, -1); None without partitions."""
     if partitions is None:
+        if message_offsets is not None:
+            raise ValueError("message offsets without partitions")
+        return None
+    if len(partitions) != n:
+        raise ValueError(f"{len(partitions)} partitions for {n} messages")
+    if message_offsets is None:
+        return [("", int(p), -1) for p in partitions]
+    if len(message_offsets) != n:
+        raise ValueError(f"{len(message_offsets)} offsets for {n} messages")
+    topics = set(offsets or {}) | set(starts or {})
+    if len(topics) != 1:
+        raise ValueError(f"message offsets need a batch of one topic, got {sorted(topics)}")
+    (topic,) = topics
+    return [(topic, int(p), int(o)) for p, o in zip(partitions, message_offsets)]
+
+
+def _ranges(starts: Mapping[str, Mapping[int, int]] | None,
+            ends: Mapping[str, Mapping[int, int]] | None) -> dict[tuple[str, int], tuple[int, int]]:
+    """The batch's [first, next) offsets per (topic, partition)."""
+    return {(t, int(p)): (int(lo), int((ends or {}).get(t, {}).get(p, lo)))
+            for t, parts in (starts or {}).items() for p, lo in parts.items()}
+
+
+def _split(values: Sequence[bytes | None], positions: Sequence[tuple[str, int, int]] | None,
+           max_ahead_s: float) -> tuple[list[Event], list[tuple[str, int, int]], list[DeadLetter]]:
+    """Valid events with their positions, and dead letters; events keep their order per partition."""
+    now = time.time()  # the worker's clock, once per batch
+    if positions is None:
         events, dead = split_batch(values, now, max_ahead_s)
-        return events, [0] * len(events), dead
-    if len(partitions) != len(values):
-        raise ValueError(f"{len(partitions)} partitions for {len(values)} messages")
-    by_partition: dict[int, list[bytes | None]] = {}
-    for value, partition in zip(values, partitions):
-        by_partition.setdefault(int(partition), []).append(value)
-    events, event_partitions, dead = [], [], []
-    for partition, part in by_partition.items():
-        valid, invalid = split_batch(part, now, max_ahead_s)
+        return events, [("", 0, -1)] * len(events), dead
+    by_partition: dict[int, tuple[list[bytes | None], list[tuple[str, int, int]]]] = {}
+    for value, position in zip(values, positions):
+        part = by_partition.setdefault(position[1], ([], []))
+        part[0].append(value)
+        part[1].append(position)
+    events, event_positions, dead = [], [], []
+    for part_values, part_positions in by_partition.values():
+        valid, kept, invalid = split_tagged(part_values, part_positions, now, max_ahead_s)
         events += valid
-        event_partitions += [partition] * len(valid)
+        event_positions += kept
         dead += invalid
-    return events, event_partitions, dead
+    return events, event_positions, dead
 
 
 def _batch_key(values: Sequence[bytes | None], starts: Mapping[str, Mapping[int, int]] | None) -> object:

@@ -53,11 +53,13 @@ class PipelineProcess:
                 offsets: Mapping[str, Mapping[int, int]] | None = None,
                 starts: Mapping[str, Mapping[int, int]] | None = None,
                 partitions: Sequence[int] | None = None, *, attempt: int = 0,
-                assignment: Collection[tuple[str, int]] | None = None) -> BatchResult:
-        """Send one batch and wait for its result (the GIL is free while waiting); ``attempt`` and
-        ``assignment`` travel with it (see :meth:`stream_workers.pipeline.BatchPipeline.process`)."""
-        return self._exchange(encode_request(values, offsets, starts, partitions,
-                                             attempt=attempt, assignment=assignment))
+                assignment: Collection[tuple[str, int]] | None = None,
+                message_offsets: Sequence[int] | None = None) -> BatchResult:
+        """Send one batch and wait for its result (the GIL is free while waiting); ``attempt``,
+        ``assignment`` and ``message_offsets`` travel with it (see
+        :meth:`stream_workers.pipeline.BatchPipeline.process`)."""
+        return self._exchange(encode_request(values, offsets, starts, partitions, attempt=attempt,
+                                             assignment=assignment, message_offsets=message_offsets))
 
     def _exchange(self, frame: bytes) -> BatchResult:
         """One request frame to the child and its result; restarts a dead child first."""
@@ -157,11 +159,16 @@ def answer(pipeline: BatchPipeline, request: BatchRequest) -> bytes:
     if not request.values:  # no batch: the assignment or skipped record batches (a failed batch's kept examples stay)
         if request.assignment is not None:
             pipeline.assign(request.assignment)
+            try:  # a Redis that restarted behind an idle partition gets what it lost back now
+                pipeline.reapply_lost(request.assignment)
+            except Exception:  # noqa: BLE001 -- Redis or Kafka away: the next report or batch tries again
+                log.warning("could not check the feature store's applied offsets", exc_info=True)
         letters = pipeline.report_undecodable(request.undecodable)
         return encode_result(BatchResult(0, letters, WriteResult(0, 0), 0))
     try:
         return encode_result(pipeline.process(request.values, request.offsets, request.starts, request.partitions,
-                                              attempt=request.attempt, assignment=request.assignment))
+                                              attempt=request.attempt, assignment=request.assignment,
+                                              message_offsets=request.message_offsets))
     except Exception as exc:  # noqa: BLE001 -- reported to the parent, which retries the batch
         log.exception("batch of %d failed (attempt %d)", len(request.values), request.attempt)
         return encode_error(f"{type(exc).__name__}: {exc}")

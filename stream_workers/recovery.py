@@ -1,4 +1,5 @@
-"""Recovery: retrain what a restarted parameter-server shard lost, and re-prime a restarted worker.
+"""Recovery: retrain what a restarted parameter-server shard lost, re-prime a restarted worker, and
+re-apply to the feature store what a restarted Redis lost.
 
 A shard restores its latest snapshot on start, and the snapshot records per partition the Kafka
 offset its state reaches (``restored_offsets``). What the shard learned after that is gone, while
@@ -17,6 +18,15 @@ it is still joined. A restarted worker primes its live joiner the same way from 
 batch (what was pending died with the old process), and if a shard's offsets lag behind that first
 batch (the shard restored an older snapshot while no worker ran), replays the gap into it.
 
+The feature store keeps, per partition, the offset its state reaches (``{p}offsets``, written by
+the script that applies the events). Redis restarted from an AOF that lacked its last second (or an
+older snapshot) is behind the offsets the workers have consumed and committed: the next batch's
+write finds its first offset beyond the store's and applies nothing (``OffsetGap``), and
+:class:`FeatureGapFill` reads the gap from Kafka and applies its events to the features only
+(training already had them), then the batch. This check happens at each batch, so it covers a
+worker's first batch after a start or a rebalance (which begins at the group's committed offset)
+and a Redis that restarted under a running worker alike.
+
 Limits: impressions older than the priming reach are not re-joined; a worker replays the
 partitions it has consumed since it started, so after a rebalance a partition may be replayed by
 two workers (trained twice, never lost).
@@ -33,12 +43,13 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 from prometheus_client import Counter
 
+from features.writer import FeatureWriter, LogPosition, OffsetGap, WriteResult
 from param_server.sharding import shard_of
 from rtrec.events import Event
 from rtrec.recipe.joiner import Joiner
-from stream_workers.validation import split_batch
+from stream_workers.validation import split_batch, split_tagged
 
-__all__ = ["Recovery", "ShardSubset", "KafkaRangeReader", "shards_of"]
+__all__ = ["Recovery", "ShardSubset", "KafkaRangeReader", "FeatureGapFill", "shards_of"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +62,24 @@ REPLAY_BATCH = 1000
 REPLAYS = Counter("rtrec_worker_recovery_replays", "Replays for parameter-server shards that restarted.")
 REPLAYED_EVENTS = Counter("rtrec_worker_recovery_replayed_events",
                           "Events read again from Kafka and retrained into restarted shards.")
+FEATURE_GAPS = Counter("rtrec_worker_recovery_feature_gaps",
+                       "Partition ranges the feature store had lost (Redis restarted behind the consumed offsets), "
+                       "re-applied from Kafka.")
+FEATURE_GAP_EVENTS = Counter("rtrec_worker_recovery_feature_events",
+                             "Events read again from Kafka and re-applied to the feature store after it lost them.")
 
 
 class RangeReader(Protocol):
     """Reads ``[start, end)`` offset ranges of partitions; returns each partition's message values."""
 
     def read(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, list[bytes | None]]: ...
+
+
+class RecordReader(Protocol):
+    """Reads ``[start, end)`` offset ranges of partitions; returns each partition's (offset, value) pairs."""
+
+    def read_records(self, ranges: Mapping[TopicPartition, tuple[int, int]]
+                     ) -> dict[TopicPartition, list[tuple[int, bytes | None]]]: ...
 
 
 def shards_of(params: Any) -> list[Any]:
@@ -104,10 +127,15 @@ class KafkaRangeReader:
         self.bootstrap, self.timeout_s = bootstrap, timeout_s
 
     def read(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, list[bytes | None]]:
+        return {tp: [value for _, value in records] for tp, records in self.read_records(ranges).items()}
+
+    def read_records(self, ranges: Mapping[TopicPartition, tuple[int, int]]
+                     ) -> dict[TopicPartition, list[tuple[int, bytes | None]]]:
+        """Each partition's (offset, value) pairs of its range, in log order."""
         from kafka import KafkaConsumer
         from kafka import TopicPartition as KafkaTP
 
-        out: dict[TopicPartition, list[bytes | None]] = {tp: [] for tp in ranges}
+        out: dict[TopicPartition, list[tuple[int, bytes | None]]] = {tp: [] for tp in ranges}
         todo = {KafkaTP(t, p): (lo, hi) for (t, p), (lo, hi) in ranges.items() if hi > lo}
         if not todo:
             return out
@@ -128,13 +156,81 @@ class KafkaRangeReader:
                     raise TimeoutError(f"replay could not read {sorted(str(tp) for tp in todo)} in {self.timeout_s} s")
                 for tp, records in consumer.poll(timeout_ms=500, max_records=20_000).items():
                     if tp in todo:
-                        out[(tp.topic, tp.partition)] += [r.value for r in records if r.offset < todo[tp][1]]
+                        out[(tp.topic, tp.partition)] += [(r.offset, r.value) for r in records if r.offset < todo[tp][1]]
                 for tp in [tp for tp, (_, hi) in todo.items() if consumer.position(tp) >= hi]:
                     del todo[tp]  # by position, not by the last record: offsets may have gaps
                     consumer.pause(tp)
         finally:
             consumer.close()
         return out
+
+
+class FeatureGapFill:
+    """Writes a batch's features; when the store lost offsets before it (:class:`OffsetGap`), reads
+    the gap from Kafka and applies it to the features first, then the batch.
+
+    The gap is read and applied ``chunk`` offsets per partition at a time (a Redis restored from an
+    hour-old snapshot lacks an hour of events). A range Kafka no longer holds (retention) or cannot
+    decode (a corrupt record batch, which the consumer skipped too) is passed over with an error
+    logged: its events are lost to the features, as they were to the live consumer.
+    """
+
+    def __init__(self, writer: FeatureWriter, reader: RecordReader, chunk: int = 20_000,
+                 max_ahead_s: float | None = None) -> None:
+        self.writer, self.reader, self.chunk = writer, reader, chunk
+        self.max_ahead_s = writer.config.max_event_ahead_s if max_ahead_s is None else max_ahead_s
+        self.gaps = 0
+        self.reapplied = 0
+        #: Record batches the live consumer skipped as undecodable: (topic, partition) -> [(first, next)]
+        self.undecodable: dict[TopicPartition, list[tuple[int, int]]] = {}
+
+    def skip(self, tp: TopicPartition, first: int, next_offset: int) -> None:
+        """Offsets ``[first, next_offset)`` of ``tp`` cannot be decoded: a fill passes over them."""
+        ranges = self.undecodable.setdefault(tp, [])
+        ranges.append((first, next_offset))
+        del ranges[:-100]  # the latest ones: a gap is never older than the store's last write
+
+    def write_many(self, events: Sequence[Event], offsets: Sequence[LogPosition],
+                   ranges: Mapping[TopicPartition, tuple[int, int]]) -> WriteResult:
+        """:meth:`FeatureWriter.write_many` of the batch, with any gap before it filled first."""
+        applied = duplicates = 0
+        last: OffsetGap | None = None
+        for _ in range(3):  # a gap, its fill, the batch; a second gap only if Redis lost writes again meanwhile
+            try:
+                result = self.writer.write_many(events, offsets=offsets, ranges=ranges)
+                return WriteResult(applied + result.applied, duplicates + result.duplicates)
+            except OffsetGap as gap:
+                last = gap
+                applied, duplicates = applied + gap.partial.applied, duplicates + gap.partial.duplicates
+                for tp, (lo, hi) in sorted(gap.gaps.items()):
+                    self.fill(tp, lo, hi)
+        assert last is not None
+        raise OffsetGap(last.gaps, WriteResult(applied, duplicates))
+
+    def fill(self, tp: TopicPartition, lo: int, hi: int) -> None:
+        """Apply the events of offsets ``[lo, hi)`` of ``tp`` to the features (not to training)."""
+        from kafka.errors import CorruptRecordError, UnsupportedCodecError
+
+        started, events_in_gap = time.perf_counter(), 0
+        for a, b, readable in _pieces(lo, hi, self.undecodable.get(tp, []), self.chunk):
+            records: list[tuple[int, bytes | None]] = []
+            if readable:
+                try:
+                    records = self.reader.read_records({tp: (a, b)})[tp]
+                except (CorruptRecordError, UnsupportedCodecError) as exc:
+                    log.error("feature gap %s/%d [%d, %d) cannot be read from Kafka (%r): passed over, its "
+                              "events are missing from the features", tp[0], tp[1], a, b, exc)
+            events, positions, _ = split_tagged([v for _, v in records], [(tp[0], tp[1], o) for o, _ in records],
+                                                max_ahead_s=self.max_ahead_s)
+            self.writer.write_many(events, offsets=positions, ranges={tp: (a, b)})
+            events_in_gap += len(events)
+        self.gaps += 1
+        self.reapplied += events_in_gap
+        FEATURE_GAPS.inc()
+        FEATURE_GAP_EVENTS.inc(events_in_gap)
+        log.warning("feature store lacked %s/%d offsets [%d, %d) (Redis restarted behind the consumer?): "
+                    "re-applied %d events from Kafka in %.1f s", tp[0], tp[1], lo, hi, events_in_gap,
+                    time.perf_counter() - started)
 
 
 class Recovery:
@@ -247,6 +343,29 @@ class Recovery:
             trainer = self.step.trainer
             trainer._pushed_dense_version = trainer.params.push_dense(trainer.model.dense_arrays())
         return restored
+
+
+def _pieces(lo: int, hi: int, skipped: Sequence[tuple[int, int]], chunk: int) -> list[tuple[int, int, bool]]:
+    """``[lo, hi)`` cut into ascending pieces ``(a, b, readable)``: the ``skipped`` ranges unreadable,
+    the rest readable in pieces of at most ``chunk`` offsets.
+
+    >>> _pieces(0, 10, [(3, 5)], 4)
+    [(0, 3, True), (3, 5, False), (5, 9, True), (9, 10, True)]
+    """
+    out: list[tuple[int, int, bool]] = []
+    at = lo
+    for s_lo, s_hi in sorted(skipped) + [(hi, hi)]:
+        s_lo, s_hi = max(s_lo, at), min(s_hi, hi)
+        if s_hi <= at and s_lo < hi:
+            continue
+        for a in range(at, min(s_lo, hi), chunk):
+            out.append((a, min(a + chunk, s_lo, hi), True))
+        if s_lo < s_hi:
+            out.append((s_lo, s_hi, False))
+        at = max(at, s_hi)
+        if at >= hi:
+            break
+    return out
 
 
 def _flatten(offsets: Mapping[str, Mapping[Any, int]] | None) -> dict[TopicPartition, int]:

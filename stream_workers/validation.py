@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from rtrec.events import Event, Invalid, future_ts_reason, parse_event
 from rtrec.settings import DEFAULT_MAX_EVENT_AHEAD_S
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,24 @@ def split_batch(values: Sequence[bytes | None], now: float | None = None,
     >>> split_batch([b'{"event_id":"e","user_id":"u","item_id":"i","action":"click","ts":9000}'], now=1000)[1][0].reason
     'ts 9000 is 8000 s ahead of the worker clock (bound 3600 s)'
     """
+    events, _, dead = split_tagged(values, None, now, max_ahead_s)
+    return events, dead
+
+
+def split_tagged(values: Sequence[bytes | None], tags: Sequence[T] | None, now: float | None = None,
+                 max_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S) -> tuple[list[Event], list[T], list[DeadLetter]]:
+    """:func:`split_batch` that also returns the ``tags[n]`` of each valid event's message (e.g. its
+    Kafka offset); no tags (None) gives an empty list.
+
+    >>> events, offsets, dead = split_tagged([b"x", b'{"event_id":"e","user_id":"u","item_id":"i","action":"click","ts":5}'], [7, 8])
+    >>> [e.event_id for e in events], offsets, len(dead)
+    (['e'], [8], 1)
+    """
     now = time.time() if now is None else now
     events: list[Event] = []
+    kept: list[T] = []
     dead: list[DeadLetter] = []
-    for value in values:  # per-message parse: JSON decoding is inherently per message
+    for n, value in enumerate(values):  # per-message parse: JSON decoding is inherently per message
         if value is None:
             dead.append(DeadLetter("empty message (no value)", b""))
             continue
@@ -89,4 +105,6 @@ def split_batch(values: Sequence[bytes | None], now: float | None = None,
             dead.append(DeadLetter(result.reason, bytes(value)))
         else:
             events.append(result)
-    return events, dead
+            if tags is not None:
+                kept.append(tags[n])
+    return events, kept, dead

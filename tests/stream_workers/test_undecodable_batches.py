@@ -93,7 +93,7 @@ def test_skipped_batches_travel_to_the_pipeline_process_in_a_frame():
 
 def test_the_pipeline_counts_each_skipped_batch_and_returns_its_dead_letter():
     before = metrics.UNDECODABLE_BATCHES.labels("actions")._value.get()
-    letters = BatchPipeline.report_undecodable(pytest.importorskip("types").SimpleNamespace(),
+    letters = BatchPipeline.report_undecodable(pytest.importorskip("types").SimpleNamespace(gap_fill=None),
                                                [UndecodableBatch("actions", 1, 40, 45, "lz4: bad block")])
     assert metrics.UNDECODABLE_BATCHES.labels("actions")._value.get() == before + 1
     assert letters[0].reason.startswith("undecodable record batch: actions/1 offsets 40-44 (5 messages)")

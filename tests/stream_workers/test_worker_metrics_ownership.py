@@ -59,7 +59,8 @@ def test_the_faust_side_numbers_its_attempts_and_counts_nothing_itself(monkeypat
         def __init__(self) -> None:
             self.calls: list[tuple[int, list[tuple[str, int]] | None]] = []
 
-        def process(self, values, offsets=None, starts=None, partitions=None, *, attempt=0, assignment=None):
+        def process(self, values, offsets=None, starts=None, partitions=None, *, attempt=0, assignment=None,
+                    message_offsets=None):
             self.calls.append((attempt, assignment))
             if len(self.calls) < 3:
                 raise ConnectionError("redis away")
