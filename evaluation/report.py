@@ -91,7 +91,9 @@ def _markdown(dataset: str, result: EvalResult, config: EvalConfig, plots: list[
              "| variant | HR@10 | NDCG@10 | MRR@10 | seconds |", "|---|---|---|---|---|", *rows, "",
              "`model`, `batch` and `hashed` are serving's top 10 (`recommend_many`: FAISS retrieval, ranking "
              "head with Redis real-time features, business rules) over what the worker pipeline trained; "
-             "the baselines rank every item seen so far minus the user's own. MRR is cut at 10 (a rank "
+             "the baselines rank every item seen so far minus the user's own, knowing the user's history as "
+             "the system had applied it when asked (`cooccurrence_exact`: the exact history, an oracle). "
+             "MRR is cut at 10 (a rank "
              "beyond 10 counts 0). A served variant's seconds include its syncs; `model`'s also the "
              "training that `batch` shares.", "", *cold, *_labelled(result), "",
              *_comparisons(summary), "", "## Configuration", "", "```json",
