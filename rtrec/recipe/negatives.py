@@ -96,16 +96,27 @@ class NegativeSampler:
     """Draws items with probability ``c_j**alpha / sum c**alpha`` from decayed stream counts.
 
     ``alpha = 1`` samples like the stream (the log-Q correction then undoes popularity exactly);
-    ``alpha < 1`` (word2vec's 0.75) gives rare items more exposure as negatives. The vocabulary
-    grows with every new item; memory is a few dozen bytes per item.
+    ``alpha < 1`` (word2vec's 0.75) gives rare items more exposure as negatives.
+
+    The vocabulary is bounded: past ``max_items`` items, the items with the lowest decayed counts
+    are forgotten, down to 90 % of the cap (so the compaction, a pass over the vocabulary, runs
+    once per ``max_items / 10`` new items at most). A decayed count falls with both rarity and
+    time since last seen, so these are the items the sampler would draw least; an item seen again
+    comes back with a fresh count. The items of the batch being observed are never evicted by it.
+    Memory: ~200 bytes per item (12-character IDs; the Python strings, dict entry and count).
     """
 
-    def __init__(self, alpha: float = 0.75, half_life_steps: float = 1_000.0, seed: int = 0) -> None:
+    def __init__(self, alpha: float = 0.75, half_life_steps: float = 1_000.0, seed: int = 0,
+                 max_items: int | None = 1_000_000) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be >= 1 or None, got {max_items}")
         self.alpha = alpha
         self.gamma = _decay_per_step(half_life_steps)
         self.rng = np.random.default_rng(seed)
+        self.max_items = max_items
+        self.evicted = 0  # items forgotten to stay under max_items
         self._index: dict[str, int] = {}
         self._items: list[str] = []
         self._categories: list[str] = []
@@ -131,7 +142,27 @@ class NegativeSampler:
             self.counts = np.concatenate([self.counts, np.zeros(len(self._items) - self.counts.size)])
         self.counts *= self.gamma
         np.add.at(self.counts, index, 1.0)
+        if self.max_items is not None and len(self._items) > self.max_items:
+            index = self._evict(index)
         return index
+
+    def _evict(self, protected: np.ndarray) -> np.ndarray:
+        """Forget the lowest-count items down to 90 % of the cap; returns ``protected`` renumbered."""
+        assert self.max_items is not None
+        scores = self.counts.copy()
+        scores[protected] = np.inf  # this batch's items stay (their indices are being returned)
+        keep_n = max(self.max_items - self.max_items // 10, int(np.count_nonzero(np.isinf(scores))))
+        # argpartition then a stable order: survivors keep their relative order
+        keep = np.sort(np.argpartition(-scores, keep_n - 1)[:keep_n]) if keep_n < scores.size \
+            else np.arange(scores.size)
+        renumber = np.full(scores.size, -1, dtype=np.int64)
+        renumber[keep] = np.arange(keep.size)
+        self.evicted += scores.size - keep.size
+        self._items = [self._items[i] for i in keep.tolist()]
+        self._categories = [self._categories[i] for i in keep.tolist()]
+        self._index = {item: j for j, item in enumerate(self._items)}
+        self.counts = self.counts[keep]
+        return renumber[protected]
 
     def frequency(self, index: np.ndarray) -> np.ndarray:
         """``f_j = c_j / sum c``: the stream share of the items at vocabulary ``index``."""
