@@ -24,6 +24,7 @@ local find, sub, tonum = string.find, string.sub, tonumber
 local ids = cjson.decode(ARGV[i])
 local extras = ARGV[i + 1] == '1'
 local scores, cats = {}, {}
+local summed = {}
 for _, id in ipairs(ids) do
   local key
   if kind == 'g' then
@@ -35,17 +36,23 @@ for _, id in ipairs(ids) do
     key = p .. 'c:' .. kind .. ':' .. id
   end
   local base = #out
-  for k = 1, n do out[base + k] = 0 end
-  local flat = key and redis.call('HGETALL', key) or {}
-  for j = 1, #flat, 2 do
-    local k = owner[flat[j]]
-    if k then
-      local v = flat[j + 1]
-      local sep = find(v, ':', 1, true)
-      local b = tonum(sub(v, 1, sep - 1))
-      if b >= first[k] and b <= last[k] then out[base + k] = out[base + k] + tonum(sub(v, sep + 1)) end
+  local sums = key and summed[key]
+  if not sums then  -- each key is read and summed once per call ("uc": many items share a category)
+    sums = {}
+    for k = 1, n do sums[k] = 0 end
+    local flat = key and redis.call('HGETALL', key) or {}
+    for j = 1, #flat, 2 do
+      local k = owner[flat[j]]
+      if k then
+        local v = flat[j + 1]
+        local sep = find(v, ':', 1, true)
+        local b = tonum(sub(v, 1, sep - 1))
+        if b >= first[k] and b <= last[k] then sums[k] = sums[k] + tonum(sub(v, sep + 1)) end
+      end
     end
+    if key then summed[key] = sums end
   end
+  for k = 1, n do out[base + k] = sums[k] end
   if extras then
     scores[#scores + 1] = redis.call('ZSCORE', p .. 'trending', id)
     cats[#cats + 1] = redis.call('HGET', p .. 'items', id)
