@@ -118,8 +118,8 @@ class RealtimeQuery:
             raise ValueError(f"user_ids must have 1 or {self.n} entries, got {len(user_ids)}")
         self.reader, self.categories = reader, categories
         self.users, self.user_row = distinct([str(u) for u in user_ids])
-        self._item_ids = item_ids
-        self.items, self.item_row = distinct([str(i) for i in item_ids])
+        self.pair_items = [str(i) for i in item_ids]  # the item of each (user, item) pair, in order
+        self.items, self.item_row = distinct(self.pair_items)
 
     def build(self, pipe: redis.client.Pipeline) -> None:
         reader = self.reader
@@ -128,9 +128,9 @@ class RealtimeQuery:
         reader.window_counts("g", [], ITEM_COUNTS, pipe)
         pipe.get(keys.watermark(reader.config.prefix))
         user_row = np.broadcast_to(self.user_row, (self.n,)).tolist()
-        items = [str(i) for i in self._item_ids]
-        reader.covisit_scores(pipe, self.users, list(zip(user_row, items)))
-        reader.window_counts("uc", [(self.users[u], i) for u, i in zip(user_row, items)], USER_CATEGORY_COUNTS, pipe)
+        reader.covisit_scores(pipe, self.users, list(zip(user_row, self.pair_items)))
+        reader.window_counts("uc", [(self.users[u], i) for u, i in zip(user_row, self.pair_items)],
+                             USER_CATEGORY_COUNTS, pipe)
 
     def decode(self, replies: list) -> RealtimeReads:
         (item_reply, trending, cats), user_reply, stream_reply, wm, covisits, uc_reply = replies
@@ -141,6 +141,10 @@ class RealtimeQuery:
         stream = counts_array(stream_reply, len(ITEM_COUNTS))[0].astype(np.float64)
         uc_counts = counts_array(uc_reply, len(USER_CATEGORY_COUNTS)).astype(np.float64)
         a = config.ctr_prior_strength
+
+        def ctr_lift(clicks: np.ndarray, impressions: np.ndarray, p0: float) -> np.ndarray:
+            return log_lift((clicks + a * p0) / (impressions + a), p0)  # smoothed towards the stream's CTR
+
         p0_1h = stream[1] / stream[0] if stream[0] else 0.0
         p0_24h = stream[3] / stream[2] if stream[2] else 0.0
         log_score = np.array([np.nan if s is None else float(s) for s in trending], dtype=np.float64)[item_row]
@@ -148,15 +152,15 @@ class RealtimeQuery:
         columns = {
             "item_log_impressions_1h": np.log1p(item_counts[:, 0]),
             "item_log_clicks_1h": np.log1p(item_counts[:, 1]),
-            "item_log_ctr_lift_1h": log_lift((item_counts[:, 1] + a * p0_1h) / (item_counts[:, 0] + a), p0_1h),
-            "item_log_ctr_lift_24h": log_lift((item_counts[:, 3] + a * p0_24h) / (item_counts[:, 2] + a), p0_24h),
+            "item_log_ctr_lift_1h": ctr_lift(item_counts[:, 1], item_counts[:, 0], p0_1h),
+            "item_log_ctr_lift_24h": ctr_lift(item_counts[:, 3], item_counts[:, 2], p0_24h),
             "item_log_trending": np.log1p(np.nan_to_num(decayed, nan=0.0)),
             "user_log_impressions_24h": np.log1p(user_counts[:, 0]),
             "user_log_clicks_1h": np.log1p(user_counts[:, 1]),
             "user_log_clicks_24h": np.log1p(user_counts[:, 2]),
             "pair_log_covisits": np.log1p(np.asarray(covisits, dtype=np.float64)),
             "user_category_log_clicks_24h": np.log1p(uc_counts[:, 1]),
-            "user_category_log_ctr_lift_24h": log_lift((uc_counts[:, 1] + a * p0_24h) / (uc_counts[:, 0] + a), p0_24h),
+            "user_category_log_ctr_lift_24h": ctr_lift(uc_counts[:, 1], uc_counts[:, 0], p0_24h),
         }
         dense = np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
         if not self.categories:
