@@ -120,7 +120,7 @@ class FeatureWriter:
                 raise ValueError(f"{len(offsets)} offsets for {len(events)} events")
             ranges = _ranges(offsets, ranges)
         now = time.time() if now is None else now
-        kept = self._within_bound(range(len(events)), events, now)
+        kept = self._within_bound(events, now)
         events = [events[n] for n in kept] if len(kept) < len(events) else events
         positions = None if offsets is None else [offsets[n] for n in kept]
         if not events and not ranges:
@@ -161,12 +161,12 @@ class FeatureWriter:
             out[(topic, int(partition))] = int(offset)
         return out
 
-    def _within_bound(self, indexes: range, events: Sequence[Event], now: float) -> Sequence[int]:
+    def _within_bound(self, events: Sequence[Event], now: float) -> Sequence[int]:
         """Indexes of the events no later than ``now + max_event_ahead_s``; the others are counted and logged."""
         horizon = now + self.config.max_event_ahead_s
         if all(e.ts <= horizon for e in events):  # the usual case: nothing to copy
-            return indexes
-        kept = [n for n in indexes if events[n].ts <= horizon]
+            return range(len(events))
+        kept = [n for n, e in enumerate(events) if e.ts <= horizon]
         refused = len(events) - len(kept)
         EVENTS_REFUSED.inc(refused)
         log.warning("refused %d events stamped more than %.0f s after the wall clock (latest ts %.0f)",
