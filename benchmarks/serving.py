@@ -2,17 +2,26 @@
 
 Set-up: the local stack's broker and Redis; one parameter-server process holding 100,000 items
 and 100,000 users (plus categories, contexts and dense weights); real-time features in Redis
-from simulated clicks (recent items per user, item counters, trending/popular); one serving
-process (``rtrec serve``) synced from the parameter server. An open-loop load generator
+from simulated clicks (recent items per user, item counters, trending/popular); serving
+(``rtrec serve --processes N``, ``--processes``, default 2, ranking ``--ranked`` candidates per
+request) synced from the parameter server. An open-loop load generator
 in another process offers a fixed rate of /recommend (k = 10, users
 drawn over all 100,000) for ``--duration`` seconds and measures each latency from the request's
 scheduled send time (no coordinated omission); the same run first offers the same rate of
 /healthz (the baseline: HTTP stack and event loop without any recommendation work). The load
 generator sends pre-encoded requests on raw keep-alive sockets (see :func:`_open_loop_raw`:
-httpx itself could not offer 300/s on two cores next to the server).
+httpx itself could not offer 300/s on two cores next to the server), a pool of 16 connections
+used in turn.
 
-Run: ``python -m benchmarks.serving [--rate 300 --duration 30]``; the last line is JSON with
-``items, offered_qps, achieved_qps, p50_ms, p99_ms, errors, bare_p99_ms, p99_ratio``.
+Then the knee: offered rates stepped 300 -> 600 -> 1,000 -> 1,500 requests/s (``--knee-duration``
+s each) until one has p99 above 25 ms or any error; ``knee_qps`` is the last that held, for
+/recommend, and ``bare_knee_qps`` for /healthz of the same processes (``knee_ratio`` the first
+over the second). ``dense_sync_ms``: serving's mean time to re-embed every item and rebuild the
+index (``rtrec_serving_index_rebuild_duration_seconds``), which follows each new dense version.
+
+Run: ``python -m benchmarks.serving [--rate 300 --duration 30 --processes 2 --ranked 50]``; the
+last line is JSON with ``items, offered_qps, achieved_qps, p50_ms, p99_ms, errors, bare_p99_ms,
+p99_ratio, processes, ranked, knee_qps, bare_knee_qps, knee_ratio, dense_sync_ms``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -50,6 +60,9 @@ USERS = 100_000
 CATEGORIES = 50
 CLICKS = 60_000  # simulated clicks written to Redis (recent items, counters, rankings)
 CHUNK = 65_536
+KNEE_STEPS = (300.0, 600.0, 1000.0, 1500.0)  # offered requests/s of the knee search
+KNEE_P99_MS = 25.0  # the knee: the highest step within this p99 and without errors
+POOL = 16  # keep-alive connections the load generator opens up front
 
 
 def _body(i: int) -> dict:
@@ -104,7 +117,9 @@ def _wait_indexed(metrics_url: str, timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     indexed = 0.0
     while time.monotonic() < deadline:
-        indexed = scrape(metrics_url).get("rtrec_serving_index_items", 0.0)
+        samples = scrape(metrics_url)
+        per_process = [v for k, v in samples.items() if k.startswith("rtrec_serving_index_items{")]
+        indexed = min(per_process) if per_process else samples.get("rtrec_serving_index_items", 0.0)
         if indexed >= ITEMS:
             break
         time.sleep(0.5)
@@ -136,13 +151,15 @@ async def _open_loop_raw(url: str, rate: float, duration_s: float, post: bool, t
     latencies = np.full(n, np.nan)
     errors = 0
     reasons: dict[str, int] = {}
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    # A pool opened up front and used in turn, as a load balancer holds connections: several
+    # serving processes on one port (SO_REUSEPORT) each get their share of connections.
+    idle = deque([await asyncio.open_connection(host, port) for _ in range(POOL)])
 
     async def one(i: int, due: float) -> None:
         nonlocal errors
         for attempt in (1, 2):
             reused = bool(idle)
-            conn = idle.pop() if reused else await asyncio.open_connection(host, port)
+            conn = idle.popleft() if reused else await asyncio.open_connection(host, port)
             reader, writer = conn
             try:
                 writer.write(payloads[i])
@@ -209,6 +226,19 @@ def _load(url: str, rate: float, duration: float, kind: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _knee(url: str, kind: str, duration_s: float) -> float | None:
+    """The highest of :data:`KNEE_STEPS` offered with p99 <= :data:`KNEE_P99_MS` and no error, stepping
+    up until one fails (None if the first does, or with ``duration_s`` 0)."""
+    knee = None
+    for rate in KNEE_STEPS if duration_s > 0 else ():
+        run = _load(url, rate, duration_s, kind)
+        print(f"knee step {urlsplit(url).path} {rate:.0f}/s: {run}", file=sys.stderr)
+        if run["errors"] or not run["p99_ms"] <= KNEE_P99_MS:
+            break
+        knee = rate
+    return knee
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
         loadgen_main(sys.argv[2:])
@@ -218,6 +248,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per measured run (default 30)")
     parser.add_argument("--no-impressions", action="store_true",
                         help="serve without Kafka impression logging (to measure what it costs)")
+    parser.add_argument("--processes", type=int, default=2, help="serving processes (rtrec serve --processes; default 2)")
+    parser.add_argument("--ranked", type=int, default=None,
+                        help="candidates ranked per request (RTREC_SERVING_RANKED; default the setting's)")
+    parser.add_argument("--knee-duration", type=float, default=10.0,
+                        help="seconds per step of the knee search (default 10; 0 = no knee search)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="rtrec-bench-serving-"))
@@ -237,7 +272,9 @@ def main() -> None:
         print(f"populated {ITEMS} items, {USERS} users, {CLICKS} clicks in {time.perf_counter() - started:.1f} s",
               file=sys.stderr)
 
-        serve_env = dict(env, RTREC_PARAM_SERVERS=ready["param_server"], RTREC_HTTP_PORT="0")
+        ranked = args.ranked or settings.serving_ranked
+        serve_env = dict(env, RTREC_PARAM_SERVERS=ready["param_server"], RTREC_HTTP_PORT="0",
+                         RTREC_SERVING_PROCESSES=str(args.processes), RTREC_SERVING_RANKED=str(ranked))
         if args.no_impressions:  # an unreachable broker: serving runs without its impression log
             serve_env["RTREC_KAFKA"] = "127.0.0.1:1"
         started = time.perf_counter()
@@ -256,13 +293,21 @@ def main() -> None:
         print(f"/healthz:   {bare}", file=sys.stderr)
         rec = _load(f"{base}/recommend", args.rate, args.duration, "post")
         print(f"/recommend: {rec}", file=sys.stderr)
+        bare_knee = _knee(f"{base}/healthz", "get", args.knee_duration)
+        knee = _knee(f"{base}/recommend", "post", args.knee_duration)
+        metrics = scrape(served["metrics"])
+        rebuilds = metrics.get("rtrec_serving_index_rebuild_duration_seconds_count", 0.0)
         report("serving", {
             "items": int(indexed), "users": USERS, "offered_qps": rec["offered_qps"],
             "achieved_qps": rec["achieved_qps"], "p50_ms": rec["p50_ms"], "p99_ms": rec["p99_ms"],
             "errors": rec["errors"], "bare_p50_ms": bare["p50_ms"], "bare_p99_ms": bare["p99_ms"],
             "bare_errors": bare["errors"],
             "p99_ratio": round(rec["p99_ms"] / bare["p99_ms"], 2) if bare["p99_ms"] else None,
-            "impressions": not args.no_impressions,
+            "impressions": not args.no_impressions, "processes": args.processes, "ranked": ranked,
+            "knee_qps": knee, "bare_knee_qps": bare_knee,
+            "knee_ratio": round(knee / bare_knee, 3) if knee and bare_knee else None,
+            "dense_sync_ms": round(1000 * metrics["rtrec_serving_index_rebuild_duration_seconds_sum"] / rebuilds, 1)
+            if rebuilds else None,
         })
     finally:
         for proc in reversed(procs):

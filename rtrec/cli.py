@@ -138,8 +138,11 @@ def _producer(settings: Settings):
 def cmd_component(name: str, module: str, issue: str) -> Callable[[argparse.Namespace, Settings], int]:
     """A subcommand that runs ``module.main(settings)``, or says which issue will bring it."""
 
-    def run(_args: argparse.Namespace, settings: Settings) -> int:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
         from rtrec.stack.launcher import component_available
+
+        if getattr(args, "processes", None) is not None:
+            settings = load_settings(serving_processes=args.processes)
 
         if not component_available(module):
             log.error("rtrec %s is not built yet (%s)", name, issue)
@@ -200,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("worker", "stream_workers.main", "issue 4", "run one stream worker"),
         ("serve", "serving.main", "issue 5", "run the serving HTTP API"),
     ):
-        sub.add_parser(name, help=text).set_defaults(func=cmd_component(name, module, issue))
+        command = sub.add_parser(name, help=text)
+        command.set_defaults(func=cmd_component(name, module, issue))
+        if name == "serve":
+            command.add_argument("--processes", type=int, default=None,
+                                 help="serving processes behind the one port (default RTREC_SERVING_PROCESSES, 1)")
     return parser
 
 

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     replay_batches: int = Field(
         2, ge=0, description="Earlier example batches trained again with each small new one (experience replay; 0 = off).")
     torch_threads: int = Field(1, ge=1, description="CPU threads torch may use in a worker or serving process.")
+    worker_nice: int = Field(
+        10, ge=0, le=19,
+        description="CPU niceness a stream worker adds to itself: on a machine it shares with serving, training "
+                    "yields the CPU to requests (0 = same priority).")
     data_dir: Path = Field(Path(".rtrec-data"), description="Scratch folder of a worker (Faust's data dir).")
 
     # Serving
@@ -93,6 +97,9 @@ class Settings(BaseSettings):
         "", description="Endpoints served without X-API-Key even with RTREC_API_KEY set, comma-separated, of "
                         + ", ".join(OPENABLE_ENDPOINTS) + " (never user data).")
     serving_ranked: int = Field(50, ge=1, le=300, description="Retrieved candidates ranked with real-time features.")
+    serving_processes: int = Field(
+        1, ge=1, le=64, description="Serving processes behind the one HTTP port (SO_REUSEPORT), each syncing on its own; "
+                                    "one process uses one core at most.")
     sync_interval_s: float = Field(2.0, gt=0, description="Seconds between sparse weight syncs.")
     log_impressions: bool = Field(True, description="Log every /recommend list back to Kafka as impression events.")
     impression_linger_ms: int = Field(100, ge=0, description="How long serving's impression producer waits to fill a batch.")

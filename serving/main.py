@@ -46,6 +46,7 @@ from serving.impressions import ImpressionLog, SenderProcess
 from serving.index import IndexPlan, ItemIndex
 from serving.metrics import ServingMetrics
 from serving.mirror import ParamMirror
+from serving.processes import REUSE_PORT_ENV
 from serving.model_state import ModelHolder
 from serving.ranking import RankingConfig, RecentUsers, Recommender
 from serving.sync import SyncLoop
@@ -107,6 +108,10 @@ def main(settings: Any) -> None:
 
     configure_logging(settings.log_level)
     check_exposure(settings)
+    if settings.serving_processes > 1:
+        from serving.processes import run_processes
+
+        raise SystemExit(run_processes(settings, settings.serving_processes))
     torch.set_num_threads(settings.torch_threads)
     faiss.omp_set_num_threads(settings.torch_threads)  # one query at a time: OpenMP spinning only costs
     tables = tables_from_json(settings.ps_tables) if settings.ps_tables else DEFAULT_TABLES
@@ -178,6 +183,8 @@ async def _serve_http(app: Any, host: str, port: int, metrics_url: str) -> None:
     # it every response waits ~40 ms for Nagle + delayed ACK.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if os.environ.get(REUSE_PORT_ENV):  # one of several serving processes on this port (serving/processes.py)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
     # Keep-alive longer than uvicorn's 5 s default: clients and load balancers pool connections and

@@ -30,6 +30,10 @@ class ServingMetrics:
                                    registry=registry)
         self.sync_seconds = Histogram(f"{p}_sync_duration_seconds", "Time of one sync.", registry=registry,
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
+        self.index_rebuild_seconds = Histogram(
+            f"{p}_index_rebuild_duration_seconds",
+            "Time to re-embed every item and rebuild the retrieval index (after new dense weights).",
+            registry=registry, buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
         self.index_items = Gauge(f"{p}_index_items", "Items in the retrieval index.", registry=registry)
         self.latency = Histogram(f"{p}_request_duration_seconds", "Request latency by endpoint.", ["endpoint"],
                                  registry=registry, buckets=LATENCY_BUCKETS)

@@ -218,6 +218,7 @@ class SyncLoop:
     def _reindex_all(self) -> None:
         """Every named, synced item embedded by the current model into a fresh index (of the kind
         its size calls for, see :mod:`serving.index`), then swapped in."""
+        started = time.perf_counter()
         with self._pending_lock:
             self._pending = np.empty(0, dtype=np.uint64)
         fids = self._synced_named_items()
@@ -227,4 +228,6 @@ class SyncLoop:
             vectors[lo:lo + chunk.size] = self.holder.current.item_vectors(chunk, self.catalog.categories(chunk))
         fresh = ItemIndex.build(self.index.dim, as_faiss_ids(fids), vectors, self.index.plan)
         self.index.swap_from(fresh)
-        log.info("index rebuilt: %d items, %s", len(fresh), fresh.kind)
+        seconds = time.perf_counter() - started
+        self.metrics.index_rebuild_seconds.observe(seconds)
+        log.info("index rebuilt: %d items, %s, in %.2f s", len(fresh), fresh.kind, seconds)

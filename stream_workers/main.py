@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from faust.worker import Worker
 
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 def main(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT; prints the ready line once the app has started."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.worker_nice:  # before the pipeline process starts: it inherits the niceness
+        log.info("worker niceness %d: training yields the CPU to serving on a shared machine",
+                 os.nice(settings.worker_nice))
     pipeline = PipelineProcess(settings.metrics_port)
     app = create_app(settings, pipeline)
 
