@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -64,6 +65,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from rtrec.stack.supervision import ComponentKeepsDying
 
     stop = StopFlag()
+    if args.serving_processes is not None:  # the components read their settings from the environment
+        os.environ["RTREC_SERVING_PROCESSES"] = str(args.serving_processes)
     options = StackOptions(simulate=not args.no_simulate, simulate_rate=args.rate,
                            param_servers=args.param_servers, workers=args.workers,
                            data_dir=None if args.ephemeral else args.data_dir or DEFAULT_DATA_DIR)
@@ -164,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate", type=float, default=200.0, help="simulated events/s (default 200)")
     up.add_argument("--param-servers", type=int, default=1, help="parameter-server shards")
     up.add_argument("--workers", type=int, default=1, help="stream worker processes")
+    up.add_argument("--serving-processes", type=int, default=None,
+                    help="serving processes behind serving's port (default RTREC_SERVING_PROCESSES, 1)")
     keep = up.add_mutually_exclusive_group()
     keep.add_argument("--data-dir", type=Path, default=None,
                       help=f"keep the broker's log, Redis's AOF and the parameter-server snapshots here and "
