@@ -33,27 +33,61 @@ for w = 1, nwin do
   i = i + 3
 end
 
-local function bump(key, field, b, n)
-  -- slot value "bucket:count": same bucket counts up, an older one is replaced, a newer one wins
-  local cur = redis.call('HGET', key, field)
-  if cur then
-    local sep = string.find(cur, ':', 1, true)
-    local eb = tonumber(string.sub(cur, 1, sep - 1))
-    if eb == b then
-      redis.call('HSET', key, field, string.format('%d:%d', b, tonumber(string.sub(cur, sep + 1)) + n))
-    elseif eb < b then
-      redis.call('HSET', key, field, string.format('%d:%d', b, n))
+-- Window counts: one binary string per (entity, action) holding every window's ring
+-- (features/windows.py RingLayout: per window the newest bucket + 1, then its slots, uint32).
+-- Each string the call touches is read once, updated here event by event, written once at the end.
+local function layout_of(windows)
+  local layout, off = {wins = {}, words = 0}, 1
+  for _, w in ipairs(windows) do
+    table.insert(layout.wins, {w[2], w[3], off})  -- bucket_s, slots, index of the newest-bucket word
+    off = off + 1 + w[3]
+  end
+  layout.words = off - 1
+  layout.fmt = '<' .. string.rep('I4', layout.words)
+  return layout
+end
+local full_layout = layout_of(wins)
+local uc_layout = uc_window > 0 and layout_of({wins[uc_window]}) or nil
+local rings, ring_order = {}, {}
+local unpack = unpack or table.unpack
+
+local function ring_add(key, layout, ts, n)
+  -- n events at ts: a newer bucket zeroes the slots it passes; one older than the ring is dropped
+  local r = rings[key]
+  if not r then
+    local raw, v = redis.call('GET', key), nil
+    if raw and #raw == 4 * layout.words then
+      v = {struct.unpack(layout.fmt, raw)}
+      v[#v] = nil  -- unpack's last value is the position after the string
+    else
+      v = {}
+      for k = 1, layout.words do v[k] = 0 end
     end
-  else
-    redis.call('HSET', key, field, string.format('%d:%d', b, n))
+    r = {v = v, layout = layout}
+    rings[key] = r
+    table.insert(ring_order, key)
+  end
+  local v = r.v
+  for _, w in ipairs(layout.wins) do
+    local bucket_s, slots, off = w[1], w[2], w[3]
+    local b = math.floor(ts / bucket_s)
+    local newest = v[off] - 1  -- -1: nothing yet
+    if b > newest then
+      if newest < 0 or b - newest >= slots then
+        for s = 1, slots do v[off + s] = 0 end
+      else
+        for x = newest + 1, b do v[off + 1 + x % slots] = 0 end
+      end
+      v[off] = b + 1
+      newest = b
+    end
+    if b > newest - slots then v[off + 1 + b % slots] = v[off + 1 + b % slots] + n end
   end
 end
 
 -- Keys touched by this call get their TTL once, at the end, not once per event.
 local touched = {}
--- Stream-wide counts are summed per (field, bucket) and applied once per call: applying the
--- groups in ascending bucket order leaves the same slots as applying the events one by one.
-local stream_counts, stream_order = {}, {}
+local actions = {}  -- every action counted by this call, added to the set of actions
 
 -- The item catalogue: item -> category in a hash, and a log (sorted set) of the items whose entry
 -- was added or changed, scored by a sequence number taken once per call, so a reader (serving)
@@ -136,31 +170,15 @@ for _, ev in ipairs(cjson.decode(ARGV[i])) do
   if fresh(eid, ev[8], ev[9]) then
     applied = applied + 1
     if ts > wm then wm = ts end
-    local ukey, ikey = p .. 'c:u:' .. user, p .. 'c:i:' .. item
-    for w = 1, nwin do
-      local b = math.floor(ts / wins[w][2])
-      local field = wins[w][1] .. ':' .. action .. ':' .. (b % wins[w][3])
-      bump(ukey, field, b, 1)
-      bump(ikey, field, b, 1)
-      local group = field .. '@' .. b
-      if stream_counts[group] then
-        stream_counts[group][3] = stream_counts[group][3] + 1
-      else
-        stream_counts[group] = {field, b, 1}
-        table.insert(stream_order, stream_counts[group])
-      end
-    end
-    touched[ukey] = true
-    touched[ikey] = true
-    if category ~= '' then redis.call('HSET', ikey, 'category', category) end
+    local ukey = p .. 'c:u:' .. user
+    ring_add(p .. 'w:u:' .. user .. '\31' .. action, full_layout, ts, 1)
+    ring_add(p .. 'w:i:' .. item .. '\31' .. action, full_layout, ts, 1)
+    ring_add(p .. 'w:g:\31' .. action, full_layout, ts, 1)
+    actions[action] = true
     local known = note_item(item, category)
-    if uc_window > 0 and known ~= '' then
+    if uc_layout and known ~= '' then
       -- the user's actions on the item's category, in one window: the (user, category) affinity
-      local w = wins[uc_window]
-      local b = math.floor(ts / w[2])
-      local uckey = p .. 'c:uc:' .. user .. '\31' .. known
-      bump(uckey, w[1] .. ':' .. action .. ':' .. (b % w[3]), b, 1)
-      touched[uckey] = true
+      ring_add(p .. 'w:uc:' .. user .. '\31' .. known .. '\31' .. action, uc_layout, ts, 1)
     end
     if positive == 1 then
       local last = tonumber(redis.call('HGET', ukey, 'last_ts') or '0')
@@ -170,6 +188,7 @@ for _, ev in ipairs(cjson.decode(ARGV[i])) do
       redis.call('LTRIM', skey, -recent_n, -1)
       redis.call('EXPIRE', skey, math.floor(session_gap) + 1)
       if ts > last then redis.call('HSET', ukey, 'last_ts', ts) end
+      touched[ukey] = true
       local rkey = p .. 'recent:' .. user
       if covisit_window > 0 then covisit(rkey, item) end
       redis.call('LPUSH', rkey, item)
@@ -181,9 +200,14 @@ for _, ev in ipairs(cjson.decode(ARGV[i])) do
     dup = dup + 1
   end
 end
-table.sort(stream_order, function(x, y) return x[2] < y[2] end)
-for _, g in ipairs(stream_order) do bump(p .. 'c:g', g[1], g[2], g[3]) end
-touched[p .. 'c:g'] = true
+for _, key in ipairs(ring_order) do
+  local r = rings[key]
+  redis.call('SET', key, struct.pack(r.layout.fmt, unpack(r.v)), 'EX', key_ttl)
+end
+for action in pairs(actions) do
+  redis.call('SADD', p .. 'actions', action)
+  touched[p .. 'actions'] = true
+end
 for key in pairs(covisited) do
   local n = redis.call('ZCARD', key)
   if n > 2 * covisit_keep then redis.call('ZREMRANGEBYRANK', key, 0, n - covisit_keep - 1) end

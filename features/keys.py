@@ -9,8 +9,10 @@ session gap.
 | ``{p}wm`` | string | watermark: newest event time applied (never beyond the writer's event-time bound) |
 | ``{p}seen:{event_id}`` | string | the event was applied (idempotency against a producer that sent it twice, and for events written without Kafka offsets), TTL ``dedupe_window_s`` |
 | ``{p}offsets`` | hash | ``{topic}:{partition}`` → next Kafka offset to apply: events below it were applied (written by the call that applied them) |
-| ``{p}c:u:{user}`` / ``{p}c:i:{item}`` / ``{p}c:g`` | hash | ``{window}:{action}:{slot}`` → ``"{bucket}:{count}"``; ``last_ts``; ``category`` (items) |
-| ``{p}c:uc:{user}<US>{category}`` | hash | the user's counters of one item category (``<US>``: the byte 0x1F), in the ``user_category_window`` only |
+| ``{p}w:u:{user}<US>{action}`` / ``{p}w:i:{item}<US>{action}`` / ``{p}w:g:<US>{action}`` | string | the window counts of one action of a user, an item, the stream: every window's ring as binary ``uint32`` words (features/windows.py ``RingLayout``; ``<US>``: the byte 0x1F) |
+| ``{p}w:uc:{user}<US>{category}<US>{action}`` | string | the user's counts of one item category, the ``user_category_window``'s ring only |
+| ``{p}actions`` | set | every action counted (the rings a reader of all counts asks for) |
+| ``{p}c:u:{user}`` | hash | ``last_ts``: the user's last positive action (sessions) |
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |
 | ``{p}sess:{user}`` | list | items acted on in the current session, oldest first |
 | ``{p}cov:{item}`` | sorted set | item → times co-visited with it (by one user within ``covisit_window`` positive actions); the ``covisit_keep`` most co-visited kept |
@@ -23,14 +25,25 @@ session gap.
 from __future__ import annotations
 
 
-def counters(prefix: str, kind: str, entity_id: str) -> str:
-    """Key of the window counters of a user (``kind="u"``), an item (``"i"``) or the whole stream (``"g"``)."""
-    return f"{prefix}c:g" if kind == "g" else f"{prefix}c:{kind}:{entity_id}"
+def ring(prefix: str, kind: str, entity_id: str, action: str) -> str:
+    """Key of the window counts of one action of a user (``kind="u"``), an item (``"i"``), the
+    stream (``"g"``, ``entity_id`` ``""``) or a (user, category) pair (``"uc"``, ``entity_id``
+    :func:`user_category`); ``apply_events.lua`` builds them so."""
+    return f"{prefix}w:{kind}:{entity_id}\x1f{action}"
 
 
-def user_category(prefix: str, user_id: str, category: str) -> str:
-    """Key of a user's window counters of one item category (``apply_events.lua`` builds it so)."""
-    return f"{prefix}c:uc:{user_id}\x1f{category}"
+def user_category(user_id: str, category: str) -> str:
+    """The entity of a user's counts of one item category (the byte 0x1F between)."""
+    return f"{user_id}\x1f{category}"
+
+
+def actions(prefix: str) -> str:
+    return f"{prefix}actions"
+
+
+def user_state(prefix: str, user_id: str) -> str:
+    """Hash of a user's ``last_ts`` (when the session was last extended)."""
+    return f"{prefix}c:u:{user_id}"
 
 
 def recent(prefix: str, user_id: str) -> str:

@@ -1,7 +1,8 @@
 """The one reader of real-time features, used by serving: many users or items in one round trip.
 
 Window counts are read at the store's watermark (the newest event time applied), so features of
-a replayed historical stream mean the same as those of a live one.
+a replayed historical stream mean the same as those of a live one. They are binary ring strings
+(:class:`features.windows.RingLayout`), fetched by MGET and summed with numpy (:class:`RingRead`).
 
 Returned per entity: ``counts`` (``{"<action>_<window>": n}``), ``ctr_<window>`` for items and the
 stream (clicks / impressions, smoothed towards the stream's CTR with ``ctr_prior_strength``
@@ -11,7 +12,6 @@ pseudo-impressions), ``last_ts``, and for users ``recent_items`` and ``session_i
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from importlib import resources
 from typing import Any, Callable, Sequence
 
@@ -22,12 +22,12 @@ import redis.asyncio
 
 from features import keys
 from features.config import FeatureConfig
-from features.windows import count_in_window
+from features.windows import RingLayout
 
-COUNTS_SCRIPT = resources.files("features").joinpath("window_counts.lua").read_text()
 COVISITS_SCRIPT = resources.files("features").joinpath("covisits.lua").read_text()
+USER_CATEGORY_SCRIPT = resources.files("features").joinpath("user_category_rings.lua").read_text()
 #: Loaded again, all of them, when Redis answers NOSCRIPT (it restarted or was flushed).
-READ_SCRIPTS = (COUNTS_SCRIPT, COVISITS_SCRIPT)
+READ_SCRIPTS = (COVISITS_SCRIPT, USER_CATEGORY_SCRIPT)
 
 
 class FeatureReader:
@@ -39,9 +39,8 @@ class FeatureReader:
         self.client = client
         self.async_client = async_client
         self.config = config or FeatureConfig()
-        self._windows = {w.name: w for w in self.config.windows}
-        self._counts_script = client.register_script(COUNTS_SCRIPT)
         self._covisits_script = client.register_script(COVISITS_SCRIPT)
+        self._user_category_script = client.register_script(USER_CATEGORY_SCRIPT)
 
     def watermark(self) -> float:
         """Newest event time applied so far (0 before the first event)."""
@@ -50,51 +49,53 @@ class FeatureReader:
     def users(self, user_ids: Sequence[str]) -> list[dict]:
         """Features of each user, in order; unknown users get zero counts and empty lists."""
         p = self.config.prefix
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(keys.watermark(p))
-        for u in user_ids:
-            pipe.hgetall(keys.counters(p, "u", u))
-            pipe.lrange(keys.recent(p, u), 0, -1)
-            pipe.lrange(keys.session(p, u), 0, -1)
-        replies = pipe.execute()
-        wm = float(replies[0] or 0.0)
+        wm, actions = self._watermark_and_actions()
+
+        def build(pipe: Any) -> None:
+            for u in user_ids:
+                pipe.hget(keys.user_state(p, u), "last_ts")
+                pipe.lrange(keys.recent(p, u), 0, -1)
+                pipe.lrange(keys.session(p, u), 0, -1)
+            pipe.mget(RingRead.keys_of(p, "u", user_ids, actions) or [keys.watermark(p)])
+
+        replies = self.run_pipeline(build)
+        counts = self._all_counts(replies[-1], len(user_ids), actions, wm)
         out = []
         for n in range(len(user_ids)):
-            counters, recent, session = replies[1 + 3 * n: 4 + 3 * n]
-            features = self._counters(counters, wm)
-            features["recent_items"] = [r.decode() for r in recent]
-            features["session_items"] = [s.decode() for s in session]
-            out.append(features)
+            last_ts, recent, session = replies[3 * n: 3 * n + 3]
+            out.append({"counts": counts[n], "last_ts": float(last_ts or 0.0),
+                        "recent_items": [r.decode() for r in recent],
+                        "session_items": [r.decode() for r in session]})
         return out
 
     def stream(self) -> dict:
         """Stream-wide features: counts per action and window over every event."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(keys.watermark(self.config.prefix))
-        pipe.hgetall(keys.counters(self.config.prefix, "g", ""))
-        wm, counters = pipe.execute()
-        return self._counters(counters, float(wm or 0.0))
+        wm, actions = self._watermark_and_actions()
+        blobs = self.client.mget(RingRead.keys_of(self.config.prefix, "g", [""], actions)) if actions else []
+        return {"counts": self._all_counts(blobs, 1, actions, wm)[0], "last_ts": 0.0}
 
     def items(self, item_ids: Sequence[str]) -> list[dict]:
         """Features of each item, in order, with smoothed CTRs and trending/popularity scores."""
         p = self.config.prefix
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(keys.watermark(p))
-        pipe.hgetall(keys.counters(p, "g", ""))
-        for i in item_ids:
-            pipe.hgetall(keys.counters(p, "i", i))
-        pipe.zmscore(keys.ranking(p, "trending"), list(item_ids) or [""])
-        pipe.zmscore(keys.ranking(p, "popular"), list(item_ids) or [""])
-        replies = pipe.execute()
-        wm = float(replies[0] or 0.0)
-        stream = self._counters(replies[1], wm)
-        trending, popular = replies[-2], replies[-1]
+        wm, actions = self._watermark_and_actions()
+        names = list(item_ids) or [""]
+
+        def build(pipe: Any) -> None:
+            pipe.mget(RingRead.keys_of(p, "i", item_ids, actions) or [keys.watermark(p)])
+            pipe.mget(RingRead.keys_of(p, "g", [""], actions) or [keys.watermark(p)])
+            pipe.hmget(keys.catalog(p), names)
+            pipe.zmscore(keys.ranking(p, "trending"), names)
+            pipe.zmscore(keys.ranking(p, "popular"), names)
+
+        blobs, stream_blobs, categories, trending, popular = self.run_pipeline(build)
+        counts = self._all_counts(blobs, len(item_ids), actions, wm)
+        stream = self._all_counts(stream_blobs, 1, actions, wm)[0]
         out = []
-        for n, counters in enumerate(replies[2:2 + len(item_ids)]):
-            features = self._counters(counters, wm)
-            features["category"] = counters.get(b"category", b"").decode() or None
+        for n in range(len(item_ids)):
+            features: dict[str, Any] = {"counts": counts[n], "last_ts": 0.0,
+                                        "category": (categories[n] or b"").decode() or None}
             for w in self.config.windows:
-                features[f"ctr_{w.name}"] = self._smoothed_ctr(features["counts"], stream["counts"], w.name)
+                features[f"ctr_{w.name}"] = self._smoothed_ctr(counts[n], stream, w.name)
             features["trending"] = self._decayed(trending[n], self.config.trending_tau_s, wm)
             features["popular"] = self._decayed(popular[n], self.config.popular_tau_s, wm)
             out.append(features)
@@ -166,37 +167,19 @@ class FeatureReader:
         return {r: [(item.decode(), self._decayed(score, taus[r], float(wm or 0.0))) for item, score in found]
                 for r, found in zip(rankings, rows)}
 
-    def window_counts(self, kind: str, ids: Sequence[Any], names: Sequence[str],
-                      pipe: redis.client.Pipeline | None = None, extras: bool = False) -> np.ndarray | None:
+    def window_counts(self, kind: str, ids: Sequence[Any], names: Sequence[str]) -> np.ndarray:
         """Counts ``names`` (``"<action>_<window>"``) of users (``kind="u"``), items (``"i"``), the
         stream (``"g"``, one row) or (user, item) pairs (``"uc"``, ids ``(user, item)``: the user's
-        counts of the item's category, zeros where the catalogue has none), summed inside Redis:
-        ``int64 (len(ids), len(names))``.
+        counts of the item's category, zeros where the catalogue has none) at the watermark, in one
+        round trip: ``int64 (len(ids), len(names))``. Many reads in one pipeline: :class:`RingRead`."""
+        read = RingRead(self, kind, ids, names)
 
-        With ``pipe`` the call is queued there (returns None); decode its reply with
-        :func:`counts_array`. This is the fast path for many entities (serving, training). With
-        ``extras`` (items, queued on a pipe) the reply is ``[counts, trending log-scores,
-        catalogue categories]``, the last two with None where absent.
-        """
-        if kind not in ("u", "i", "g", "uc"):
-            raise ValueError(f"kind must be u, i, g or uc, got {kind!r}")
-        if extras and (kind != "i" or pipe is None):
-            raise ValueError("extras are read for items, on a pipeline")
-        args: list = [self.config.prefix, kind, len(names)]
-        for name in names:
-            action, _, window = name.rpartition("_")
-            spec = self._windows.get(window)
-            if spec is None or not action:
-                raise ValueError(f"unknown count {name!r}: expected <action>_<window> with a configured window")
-            args += [window, action, spec.bucket_s, spec.slots]
-        args.append(orjson.dumps(["-"] if kind == "g" else list(ids)))
-        args.append("1" if extras else "0")
-        if pipe is not None:
-            # EVALSHA, not the Script object: a pipeline holding Script calls first asks Redis
-            # SCRIPT EXISTS, one more round trip per pipeline (see run_pipeline for a missing script).
-            pipe.evalsha(self._counts_script.sha, 0, *args)
-            return None
-        return counts_array(self._counts_script(args=args), len(names))
+        def build(pipe: Any) -> None:
+            pipe.get(keys.watermark(self.config.prefix))
+            read.build(pipe)
+
+        wm, reply = self.run_pipeline(build)
+        return read.decode(reply, float(wm or 0.0))
 
     def run_pipeline(self, build: Callable[[redis.client.Pipeline], None]) -> list:
         """Queue commands with ``build`` (e.g. :meth:`window_counts` with a pipe) and run them in one
@@ -229,22 +212,29 @@ class FeatureReader:
                     await self.async_client.script_load(script)
         raise AssertionError("unreachable")
 
-    def _counters(self, fields: dict[bytes, bytes], watermark: float) -> dict:
-        slots: dict[tuple[str, str], list[bytes]] = defaultdict(list)
-        last_ts = 0.0
-        for field, value in fields.items():
-            name = field.decode()
-            if name == "last_ts":
-                last_ts = float(value)
-            elif name.count(":") == 2:
-                window, action, _slot = name.split(":")
-                slots[(window, action)].append(value)
-        counts: dict[str, int] = {}
-        for (window, action), values in slots.items():
-            spec = self._windows.get(window)
-            if spec is not None:
-                counts[f"{action}_{window}"] = count_in_window(spec, values, watermark)
-        return {"counts": counts, "last_ts": last_ts}
+    def _watermark_and_actions(self) -> tuple[float, list[str]]:
+        """The watermark and every action the store has counted (the rings to read per entity)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.watermark(self.config.prefix))
+        pipe.smembers(keys.actions(self.config.prefix))
+        wm, actions = pipe.execute()
+        return float(wm or 0.0), sorted(a.decode() for a in actions)
+
+    def _all_counts(self, blobs: Sequence[bytes | None], n: int, actions: Sequence[str],
+                    watermark: float) -> list[dict[str, int]]:
+        """``{"<action>_<window>": count}`` of ``n`` entities from their rings of ``actions``
+        (``n * len(actions)`` strings, entity-major); an action without a ring is left out."""
+        layout = RingLayout(self.config.windows)
+        out: list[dict[str, int]] = [{} for _ in range(n)]
+        if not actions or not n:
+            return out
+        words = layout.decode(blobs[: n * len(actions)])
+        present = np.array([b is not None for b in blobs[: n * len(actions)]]).reshape(n, len(actions))
+        for w in self.config.windows:
+            sums = layout.sums(words, w.name, watermark).reshape(n, len(actions))
+            for e, a in zip(*np.nonzero(present)):
+                out[e][f"{actions[a]}_{w.name}"] = int(sums[e, a])
+        return out
 
     def _smoothed_ctr(self, counts: dict[str, int], stream: dict[str, int], window: str) -> float:
         """(clicks + a * p0) / (impressions + a), with p0 the stream's CTR over the same window."""
@@ -260,6 +250,48 @@ class FeatureReader:
 
 
 
-def counts_array(reply: Sequence[int], n_names: int) -> np.ndarray:
-    """A :meth:`FeatureReader.window_counts` reply as ``int64 (entities, n_names)``."""
-    return np.asarray(reply, dtype=np.int64).reshape(-1, n_names)
+class RingRead:
+    """A queued read of window counts (:meth:`build` on a pipeline, :meth:`decode` of its reply):
+    the ring strings of the actions ``names`` need, of users, items, the stream or (user, item
+    category) pairs, summed at the watermark with numpy."""
+
+    def __init__(self, reader: FeatureReader, kind: str, ids: Sequence[Any], names: Sequence[str]) -> None:
+        if kind not in ("u", "i", "g", "uc"):
+            raise ValueError(f"kind must be u, i, g or uc, got {kind!r}")
+        config = reader.config
+        windows = [w for w in config.windows if kind != "uc" or w.name == config.user_category_window]
+        self.layout = RingLayout(tuple(windows))
+        self.names = []
+        for name in names:
+            action, _, window = name.rpartition("_")
+            if not action or window not in {w.name for w in windows}:
+                raise ValueError(f"unknown count {name!r}: expected <action>_<window> with a configured window"
+                                 + (f" ({config.user_category_window} for user categories)" if kind == "uc" else ""))
+            self.names.append((action, window))
+        self.actions = list(dict.fromkeys(a for a, _ in self.names))
+        self.reader, self.kind = reader, kind
+        self.ids = [""] if kind == "g" else list(ids)
+
+    @staticmethod
+    def keys_of(prefix: str, kind: str, ids: Sequence[str], actions: Sequence[str]) -> list[str]:
+        """Ring keys of ``ids`` (entity-major) times ``actions``, for an MGET."""
+        head = keys.ring(prefix, kind, "", "")[:-1]  # the key of entity "" and action "", less the separator
+        ends = [f"\x1f{a}" for a in actions]
+        return [f"{head}{i}{end}" for i in ids for end in ends]
+
+    def build(self, pipe: Any) -> None:
+        p = self.reader.config.prefix
+        if self.kind == "uc":
+            pipe.evalsha(self.reader._user_category_script.sha, 0, p, orjson.dumps(self.actions),
+                         orjson.dumps([list(pair) for pair in self.ids]))
+        else:  # an MGET needs a key: with no entities, one that is never a ring (its reply is ignored)
+            pipe.mget(self.keys_of(p, self.kind, self.ids, self.actions) or [keys.watermark(p)])
+
+    def decode(self, reply: Sequence[bytes | None], watermark: float) -> np.ndarray:
+        n, per = len(self.ids), len(self.actions)
+        words = self.layout.decode(list(reply)[: n * per])
+        out = np.zeros((n, len(self.names)), dtype=np.int64)
+        sums = {w: self.layout.sums(words, w, watermark).reshape(n, per) for w in {w for _, w in self.names}}
+        for col, (action, window) in enumerate(self.names):
+            out[:, col] = sums[window][:, self.actions.index(action)]
+        return out

@@ -1,8 +1,8 @@
 """The dense real-time features of (user, item) pairs that the ranking head takes: one definition
 for the trainer and for serving, so the model sees the same inputs in both.
 
-Read in one Redis round trip, with the window sums done inside Redis
-(:meth:`features.reader.FeatureReader.window_counts`). Counts enter as ``log1p``; CTRs are
+Read in one Redis round trip: the window rings by MGET, summed with numpy
+(:class:`features.reader.RingRead`), no script per entity. Counts enter as ``log1p``; CTRs are
 smoothed towards the stream's CTR over the same window with ``ctr_prior_strength``
 pseudo-impressions and enter as their log lift over it (:func:`log_lift`); trending is ``log1p``
 of the decayed score; the user's clicks and CTR on the item's category (24 h) say how much the
@@ -23,7 +23,7 @@ import redis
 
 from features import keys
 from features.ids import distinct
-from features.reader import FeatureReader, counts_array
+from features.reader import FeatureReader, RingRead
 from rtrec.recipe.model import REALTIME_FEATURES
 
 __all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "read_realtime_many",
@@ -98,7 +98,7 @@ async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[
 class RealtimeQuery:
     """One read of real-time features: the commands to queue (:meth:`build`) and the decoding of their replies."""
 
-    COMMANDS = 6  # queued by build, decoded by decode
+    COMMANDS = 8  # queued by build, decoded by decode
 
     @staticmethod
     def builder(queries: Sequence["RealtimeQuery"]) -> Callable[[redis.client.Pipeline], None]:
@@ -120,26 +120,32 @@ class RealtimeQuery:
         self.users, self.user_row = distinct([str(u) for u in user_ids])
         self.pair_items = [str(i) for i in item_ids]  # the item of each (user, item) pair, in order
         self.items, self.item_row = distinct(self.pair_items)
+        user_row = np.broadcast_to(self.user_row, (self.n,)).tolist()
+        self.pairs = list(zip(user_row, self.pair_items))
+        self.reads = (RingRead(reader, "i", self.items, ITEM_COUNTS), RingRead(reader, "u", self.users, USER_COUNTS),
+                      RingRead(reader, "g", [], ITEM_COUNTS),
+                      RingRead(reader, "uc", [(self.users[u], i) for u, i in self.pairs], USER_CATEGORY_COUNTS))
 
     def build(self, pipe: redis.client.Pipeline) -> None:
-        reader = self.reader
-        reader.window_counts("i", self.items, ITEM_COUNTS, pipe, extras=True)
-        reader.window_counts("u", self.users, USER_COUNTS, pipe)
-        reader.window_counts("g", [], ITEM_COUNTS, pipe)
-        pipe.get(keys.watermark(reader.config.prefix))
-        user_row = np.broadcast_to(self.user_row, (self.n,)).tolist()
-        reader.covisit_scores(pipe, self.users, list(zip(user_row, self.pair_items)))
-        reader.window_counts("uc", [(self.users[u], i) for u, i in zip(user_row, self.pair_items)],
-                             USER_CATEGORY_COUNTS, pipe)
+        reader, p = self.reader, self.reader.config.prefix
+        items = self.items or [""]  # ZMSCORE and HMGET need a member
+        pipe.get(keys.watermark(p))
+        pipe.zmscore(keys.ranking(p, "trending"), items)
+        pipe.hmget(keys.catalog(p), items)
+        for read in self.reads:
+            read.build(pipe)
+        reader.covisit_scores(pipe, self.users, self.pairs)
 
     def decode(self, replies: list) -> RealtimeReads:
-        (item_reply, trending, cats), user_reply, stream_reply, wm, covisits, uc_reply = replies
+        wm_raw, trending, cats, item_reply, user_reply, stream_reply, uc_reply, covisits = replies
+        wm = float(wm_raw or 0.0)
+        item_read, user_read, stream_read, uc_read = self.reads
         n, item_row, config = self.n, self.item_row, self.reader.config
-        raw_item_counts = counts_array(item_reply, len(ITEM_COUNTS))[item_row]
+        raw_item_counts = item_read.decode(item_reply, wm)[item_row]
         item_counts = raw_item_counts.astype(np.float64)
-        user_counts = counts_array(user_reply, len(USER_COUNTS))[np.broadcast_to(self.user_row, (n,))].astype(np.float64)
-        stream = counts_array(stream_reply, len(ITEM_COUNTS))[0].astype(np.float64)
-        uc_counts = counts_array(uc_reply, len(USER_CATEGORY_COUNTS)).astype(np.float64)
+        user_counts = user_read.decode(user_reply, wm)[np.broadcast_to(self.user_row, (n,))].astype(np.float64)
+        stream = stream_read.decode(stream_reply, wm)[0].astype(np.float64)
+        uc_counts = uc_read.decode(uc_reply, wm).astype(np.float64)
         a = config.ctr_prior_strength
 
         def ctr_lift(clicks: np.ndarray, impressions: np.ndarray, p0: float) -> np.ndarray:
@@ -147,8 +153,8 @@ class RealtimeQuery:
 
         p0_1h = stream[1] / stream[0] if stream[0] else 0.0
         p0_24h = stream[3] / stream[2] if stream[2] else 0.0
-        log_score = np.array([np.nan if s is None else float(s) for s in trending], dtype=np.float64)[item_row]
-        decayed = np.exp(np.minimum(log_score - float(wm or 0.0) / config.trending_tau_s, 50.0))
+        log_score = np.array([np.nan if s is None else float(s) for s in trending], dtype=np.float64)[:len(self.items)]
+        decayed = np.exp(np.minimum(log_score - wm / config.trending_tau_s, 50.0))[item_row]
         columns = {
             "item_log_impressions_1h": np.log1p(item_counts[:, 0]),
             "item_log_clicks_1h": np.log1p(item_counts[:, 1]),
@@ -165,6 +171,5 @@ class RealtimeQuery:
         dense = np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
         if not self.categories:
             return RealtimeReads(dense, raw_item_counts)
-        named = [c.decode() or None if c is not None else None for c in cats]
+        named = [c.decode() or None if c is not None else None for c in cats[:len(self.items)]]
         return RealtimeReads(dense, raw_item_counts, [named[r] for r in item_row])
-

@@ -61,7 +61,8 @@ def state(writer: FeatureWriter) -> dict[bytes, object]:
     for key in sorted(client.scan_iter(match=writer.config.prefix + "*", count=5000)):
         kind = client.type(key)
         out[key] = {b"string": client.get, b"hash": client.hgetall, b"list": lambda k: client.lrange(k, 0, -1),
-                    b"zset": lambda k: client.zrange(k, 0, -1, withscores=True)}[kind](key)
+                    b"zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+                    b"set": lambda k: sorted(client.smembers(k))}[kind](key)
     return out
 
 

@@ -53,7 +53,7 @@ def test_a_far_future_event_does_not_zero_the_windows(store) -> None:
     assert reader.users(["u1"])[0]["counts"]["click_1m"] == 3
     assert reader.items(["i1"])[0]["counts"]["click_10m"] == 3
     assert reader.stream()["counts"]["click_1m"] == 3  # the future event is counted nowhere
-    assert not client.exists(keys.counters(config.prefix, "u", "u2"))
+    assert not client.exists(keys.ring(config.prefix, "u", "u2", "click"), keys.user_state(config.prefix, "u2"))
     assert reader.watermark() <= time.time() + config.max_event_ahead_s
 
 

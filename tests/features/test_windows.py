@@ -1,7 +1,8 @@
-"""Window arithmetic: buckets, live ranges, slot parsing."""
+"""Window arithmetic: buckets, live ranges, the binary rings readers sum."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from features.windows import WindowSpec, count_in_window
@@ -13,10 +14,18 @@ def test_live_range_covers_exactly_slots_buckets_ending_at_the_watermark() -> No
     assert (first, last) == (13, 24) and last - first + 1 == w.slots
 
 
-def test_count_ignores_slots_tagged_outside_the_window() -> None:
+def test_count_sums_the_slots_whose_bucket_is_live_at_the_watermark() -> None:
     w = WindowSpec("5m", 300, 5)
-    values = [b"16:3", b"12:2", b"11:7", b"17:1"]  # at watermark 1000 the live buckets are 12..16
-    assert count_in_window(w, values, 1_000.0) == 5
+    # newest bucket 16 (stored as 17); slots 0..4 hold buckets 15, 16, 12, 13, 14
+    blob = np.array([17, 2, 3, 7, 0, 1], dtype="<u4").tobytes()
+    assert count_in_window(w, blob, 1_000.0) == 13  # live buckets 12..16
+    assert count_in_window(w, blob, 1_100.0) == 6  # live 14..18: buckets 14, 15, 16
+    assert count_in_window(w, blob, 2_000.0) == 0 and count_in_window(w, None, 1_000.0) == 0
+
+
+def test_a_ring_at_bucket_zero_is_not_empty() -> None:
+    w = WindowSpec("5m", 300, 5)
+    assert count_in_window(w, np.array([1, 4, 0, 0, 0, 0], dtype="<u4").tobytes(), 10.0) == 4
 
 
 def test_invalid_window_is_refused() -> None:
