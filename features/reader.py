@@ -25,9 +25,9 @@ from features.config import FeatureConfig
 from features.windows import RingLayout
 
 COVISITS_SCRIPT = resources.files("features").joinpath("covisits.lua").read_text()
-USER_CATEGORY_SCRIPT = resources.files("features").joinpath("user_category_rings.lua").read_text()
+RINGS_SCRIPT = resources.files("features").joinpath("rings.lua").read_text()
 #: Loaded again, all of them, when Redis answers NOSCRIPT (it restarted or was flushed).
-READ_SCRIPTS = (COVISITS_SCRIPT, USER_CATEGORY_SCRIPT)
+READ_SCRIPTS = (COVISITS_SCRIPT, RINGS_SCRIPT)
 
 
 class FeatureReader:
@@ -40,7 +40,7 @@ class FeatureReader:
         self.async_client = async_client
         self.config = config or FeatureConfig()
         self._covisits_script = client.register_script(COVISITS_SCRIPT)
-        self._user_category_script = client.register_script(USER_CATEGORY_SCRIPT)
+        self._rings_script = client.register_script(RINGS_SCRIPT)
 
     def watermark(self) -> float:
         """Newest event time applied so far (0 before the first event)."""
@@ -253,11 +253,17 @@ class FeatureReader:
 class RingRead:
     """A queued read of window counts (:meth:`build` on a pipeline, :meth:`decode` of its reply):
     the ring strings of the actions ``names`` need, of users, items, the stream or (user, item
-    category) pairs, summed at the watermark with numpy."""
+    category) pairs, fetched by ``rings.lua`` (one JSON argument, bulk commands inside) and
+    summed at the watermark with numpy. With ``extras`` (items) the reply also holds the items'
+    trending log-scores and catalogue categories (:meth:`extras`)."""
 
-    def __init__(self, reader: FeatureReader, kind: str, ids: Sequence[Any], names: Sequence[str]) -> None:
+    def __init__(self, reader: FeatureReader, kind: str, ids: Sequence[Any], names: Sequence[str],
+                 extras: bool = False) -> None:
         if kind not in ("u", "i", "g", "uc"):
             raise ValueError(f"kind must be u, i, g or uc, got {kind!r}")
+        if extras and kind != "i":
+            raise ValueError("extras are read for items")
+        self.extras = extras
         config = reader.config
         windows = [w for w in config.windows if kind != "uc" or w.name == config.user_category_window]
         self.layout = RingLayout(tuple(windows))
@@ -280,16 +286,18 @@ class RingRead:
         return [f"{head}{i}{end}" for i in ids for end in ends]
 
     def build(self, pipe: Any) -> None:
-        p = self.reader.config.prefix
-        if self.kind == "uc":
-            pipe.evalsha(self.reader._user_category_script.sha, 0, p, orjson.dumps(self.actions),
-                         orjson.dumps([list(pair) for pair in self.ids]))
-        else:  # an MGET needs a key: with no entities, one that is never a ring (its reply is ignored)
-            pipe.mget(self.keys_of(p, self.kind, self.ids, self.actions) or [keys.watermark(p)])
+        pipe.evalsha(self.reader._rings_script.sha, 0, self.reader.config.prefix, self.kind,
+                     orjson.dumps(self.actions), orjson.dumps([list(i) if self.kind == "uc" else i for i in self.ids]),
+                     "1" if self.extras else "0")
 
-    def decode(self, reply: Sequence[bytes | None], watermark: float) -> np.ndarray:
+    @staticmethod
+    def extras_of(reply: list) -> tuple[list, list]:
+        """The trending log-scores and catalogue categories of an ``extras`` reply (None where absent)."""
+        return reply[1], reply[2]
+
+    def decode(self, reply: Sequence[Any], watermark: float) -> np.ndarray:
         n, per = len(self.ids), len(self.actions)
-        words = self.layout.decode(list(reply)[: n * per])
+        words = self.layout.decode(list(reply[0] if self.extras else reply)[: n * per])
         out = np.zeros((n, len(self.names)), dtype=np.int64)
         sums = {w: self.layout.sums(words, w, watermark).reshape(n, per) for w in {w for _, w in self.names}}
         for col, (action, window) in enumerate(self.names):

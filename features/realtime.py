@@ -98,7 +98,7 @@ async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[
 class RealtimeQuery:
     """One read of real-time features: the commands to queue (:meth:`build`) and the decoding of their replies."""
 
-    COMMANDS = 8  # queued by build, decoded by decode
+    COMMANDS = 6  # queued by build, decoded by decode
 
     @staticmethod
     def builder(queries: Sequence["RealtimeQuery"]) -> Callable[[redis.client.Pipeline], None]:
@@ -122,23 +122,22 @@ class RealtimeQuery:
         self.items, self.item_row = distinct(self.pair_items)
         user_row = np.broadcast_to(self.user_row, (self.n,)).tolist()
         self.pairs = list(zip(user_row, self.pair_items))
-        self.reads = (RingRead(reader, "i", self.items, ITEM_COUNTS), RingRead(reader, "u", self.users, USER_COUNTS),
+        self.reads = (RingRead(reader, "i", self.items, ITEM_COUNTS, extras=True),
+                      RingRead(reader, "u", self.users, USER_COUNTS),
                       RingRead(reader, "g", [], ITEM_COUNTS),
                       RingRead(reader, "uc", [(self.users[u], i) for u, i in self.pairs], USER_CATEGORY_COUNTS))
 
     def build(self, pipe: redis.client.Pipeline) -> None:
-        reader, p = self.reader, self.reader.config.prefix
-        items = self.items or [""]  # ZMSCORE and HMGET need a member
-        pipe.get(keys.watermark(p))
-        pipe.zmscore(keys.ranking(p, "trending"), items)
-        pipe.hmget(keys.catalog(p), items)
+        reader = self.reader
+        pipe.get(keys.watermark(reader.config.prefix))
         for read in self.reads:
             read.build(pipe)
         reader.covisit_scores(pipe, self.users, self.pairs)
 
     def decode(self, replies: list) -> RealtimeReads:
-        wm_raw, trending, cats, item_reply, user_reply, stream_reply, uc_reply, covisits = replies
+        wm_raw, item_reply, user_reply, stream_reply, uc_reply, covisits = replies
         wm = float(wm_raw or 0.0)
+        trending, cats = RingRead.extras_of(item_reply)
         item_read, user_read, stream_read, uc_read = self.reads
         n, item_row, config = self.n, self.item_row, self.reader.config
         raw_item_counts = item_read.decode(item_reply, wm)[item_row]
@@ -153,7 +152,7 @@ class RealtimeQuery:
 
         p0_1h = stream[1] / stream[0] if stream[0] else 0.0
         p0_24h = stream[3] / stream[2] if stream[2] else 0.0
-        log_score = np.array([np.nan if s is None else float(s) for s in trending], dtype=np.float64)[:len(self.items)]
+        log_score = np.array([np.nan if s is None else float(s) for s in trending], dtype=np.float64)
         decayed = np.exp(np.minimum(log_score - wm / config.trending_tau_s, 50.0))[item_row]
         columns = {
             "item_log_impressions_1h": np.log1p(item_counts[:, 0]),
@@ -171,5 +170,5 @@ class RealtimeQuery:
         dense = np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
         if not self.categories:
             return RealtimeReads(dense, raw_item_counts)
-        named = [c.decode() or None if c is not None else None for c in cats[:len(self.items)]]
+        named = [c.decode() or None if c is not None else None for c in cats]
         return RealtimeReads(dense, raw_item_counts, [named[r] for r in item_row])
