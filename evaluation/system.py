@@ -29,6 +29,7 @@ from rtrec.stack.redis_server import RedisServer
 from serving.api import Serving
 from serving.index import IndexPlan
 from serving.main import build_serving
+from serving.main import dense_every as dense_every_of
 from serving.ranking import Ask, RankingConfig
 from stream_workers.build import build_pipeline
 from stream_workers.pipeline import BatchPipeline
@@ -102,13 +103,15 @@ class ServedModel:
     @classmethod
     def build(cls, settings: Settings, system: TrainedSystem, period_s: float, aligned: bool = False,
               dense_every: int | None = None) -> "ServedModel":
-        """Serving as ``rtrec serve`` wires it (``dense_every`` None: serving's default)."""
-        extra = {} if dense_every is None else {"dense_every": dense_every}
+        """Serving as ``rtrec serve`` wires it, synced every ``period_s`` of the replay clock
+        (``dense_every`` None: dense weights every ``RTREC_DENSE_SYNC_INTERVAL_S`` of it, as live)."""
+        if dense_every is None:
+            dense_every = dense_every_of(settings.dense_sync_interval_s, period_s)
         serving = build_serving(system.store, FeatureReader(system.client), CollectorRegistry(), system.tables,
-                                sync_interval_s=settings.sync_interval_s,
+                                sync_interval_s=settings.sync_interval_s, dense_every=dense_every,
                                 ranking=RankingConfig.from_settings(settings),
                                 index_plan=IndexPlan(ivf_min_items=settings.index_ivf_min_items,
-                                                     nprobe=settings.index_nprobe), **extra)
+                                                     nprobe=settings.index_nprobe))
         return cls(serving, period_s, aligned)
 
     def maybe_sync(self, now: float) -> bool:

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="Serving processes behind the one HTTP port (SO_REUSEPORT), each syncing on its own; "
                                     "one process uses one core at most.")
     sync_interval_s: float = Field(2.0, gt=0, description="Seconds between sparse weight syncs.")
+    dense_sync_interval_s: float = Field(
+        20.0, gt=0, description="Seconds between dense weight syncs (a new model swapped in whole: every item "
+                                "re-embedded), rounded to a whole number of sparse syncs.")
     log_impressions: bool = Field(True, description="Log every /recommend list back to Kafka as impression events.")
     impression_linger_ms: int = Field(100, ge=0, description="How long serving's impression producer waits to fill a batch.")
     index_ivf_min_items: int = Field(50_000, ge=1, description="Catalogue size from which retrieval uses an IVF index, not exact search.")

@@ -52,12 +52,21 @@ from serving.ranking import RankingConfig, RecentUsers, Recommender
 from serving.sync import SyncLoop
 from rtrec.recipe.examples import ModelSlots
 
-__all__ = ["main", "build_serving", "check_exposure"]
+__all__ = ["main", "build_serving", "check_exposure", "dense_every"]
 
 log = logging.getLogger("serving")
 
 #: Every this many sparse syncs the dense weights are pulled too (Monolith: dense rarely).
 DENSE_EVERY = 10
+
+
+def dense_every(dense_interval_s: float, sync_interval_s: float) -> int:
+    """Sparse syncs per dense sync for dense weights every ``dense_interval_s`` (at least 1).
+
+    >>> dense_every(20.0, 2.0), dense_every(20.0, 0.5), dense_every(1.0, 2.0)
+    (10, 40, 1)
+    """
+    return max(1, round(dense_interval_s / sync_interval_s))
 #: Redis connections the request path may hold at once.
 REDIS_CONNECTIONS = 32
 #: How long start-up retries the first sync before giving up.
@@ -122,6 +131,7 @@ def main(settings: Any) -> None:
         log.warning("RTREC_LOG_IMPRESSIONS is off: served lists are NOT logged back to Kafka")
     registry = CollectorRegistry()
     serving = build_serving(params, reader, registry, tables, sync_interval_s=settings.sync_interval_s,
+                            dense_every=dense_every(settings.dense_sync_interval_s, settings.sync_interval_s),
                             api_key=settings.api_key, open_endpoints=settings.open_endpoint_names,
                             ranking=RankingConfig.from_settings(settings),
                             impression_sender_env=_sender_env(settings) if settings.log_impressions else None,
