@@ -16,7 +16,9 @@ up to ``prime_events`` events per partition before its start (the examples they 
 dropped: the snapshot has them), so an impression from before the snapshot whose click came after
 it is still joined. A restarted worker primes its live joiner the same way from before its first
 batch (what was pending died with the old process), and if a shard's offsets lag behind that first
-batch (the shard restored an older snapshot while no worker ran), replays the gap into it.
+batch (the shard restored an older snapshot while no worker ran, or the old worker died during a
+replay), replays the gap into it. Both happen per partition, when this worker first consumes it:
+a first batch may hold a few partitions only, and a rebalance may bring others later.
 
 The feature store keeps, per partition, the offset its state reaches (``{p}offsets``, written by
 the script that applies the events). Redis restarted from an AOF that lacked its last second (or an
@@ -258,17 +260,25 @@ class Recovery:
         starts_tp = _flatten(starts)
         shards = shards_of(self.params)
         epochs = [str(s.epoch()) for s in shards]
-        if self._epochs is None:  # this worker's first batch
-            lagging = {k: o for k, o in ((k, _flatten(s.stats()["offsets"])) for k, s in enumerate(shards))
-                       if any(o.get(tp, 0) < start for tp, start in starts_tp.items())}
-            self._prime_live_joiner(starts_tp)
-            restored = self._replay(lagging, starts_tp, ends_tp) if lagging else frozenset()
-        else:
+        restored: frozenset[int] = frozenset()
+        if self._epochs is not None:
             changed = [k for k, (old, new) in enumerate(zip(self._epochs, epochs)) if old != new]
-            restored = frozenset()
             if changed:
                 lost = {k: _flatten(shards[k].stats()["restored_offsets"]) for k in changed}
                 restored = self._replay(lost, starts_tp, ends_tp)
+        # Partitions consumed here for the first time (all of the first batch's, and any that come
+        # later or with a rebalance): prime the joiner from before them, and replay into every shard
+        # whose offsets lag behind where consuming them starts (the shard restored an older
+        # snapshot while no worker ran, or a worker died during a replay). Checked per partition:
+        # a first batch may hold a few partitions only, and the others start later.
+        new = {tp: start for tp, start in starts_tp.items() if tp not in self.position}
+        if new:
+            self._prime_live_joiner(new)
+            lagging = {k: o for k, o in ((k, _flatten(s.stats()["offsets"])) for k, s in enumerate(shards)
+                                         if k not in restored)
+                       if any(o.get(tp, 0) < start for tp, start in new.items())}
+            if lagging:
+                restored = restored | self._replay(lagging, starts_tp, ends_tp)
         self._epochs = epochs  # only now: a replay that failed is tried again with the batch
         for tp, end in ends_tp.items():
             self.position[tp] = max(self.position.get(tp, 0), end)
