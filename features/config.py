@@ -24,6 +24,7 @@ class FeatureConfig:
     covisit_window: int = 10  # a positive action co-visits the user's last N positive items
     covisit_keep: int = 100  # co-visited items kept per item, the most co-visited first (up to 2x between trims)
     user_category_window: str = "24h"  # the window of the (user, category) counters (none if not a window)
+    user_category_actions: tuple[str, ...] = ("impression", "click")  # the actions they count: what features read
     covisit_query: int = 5  # the ranking feature sums co-visits with the user's last N items
     catalog_size: int = 1_000_000  # items kept in the catalogue (least recently changed leave first)
     ctr_prior_strength: float = 20.0  # pseudo-impressions of the smoothing prior

@@ -10,7 +10,7 @@ session gap.
 | ``{p}seen:{event_id}`` | string | the event was applied (idempotency against a producer that sent it twice, and for events written without Kafka offsets), TTL ``dedupe_window_s`` |
 | ``{p}offsets`` | hash | ``{topic}:{partition}`` → next Kafka offset to apply: events below it were applied (written by the call that applied them) |
 | ``{p}w:u:{user}<US>{action}`` / ``{p}w:i:{item}<US>{action}`` / ``{p}w:g:<US>{action}`` | string | the window counts of one action of a user, an item, the stream: every window's ring as binary ``uint32`` words (features/windows.py ``RingLayout``; ``<US>``: the byte 0x1F) |
-| ``{p}w:uc:{user}<US>{category}<US>{action}`` | string | the user's counts of one item category, the ``user_category_window``'s ring only |
+| ``{p}w:uc:{user}<US>{category}<US>{action}`` | string | the user's counts of one item category, the ``user_category_window``'s ring only, for the ``user_category_actions`` (impression, click) |
 | ``{p}actions`` | set | every action counted (the rings a reader of all counts asks for) |
 | ``{p}c:u:{user}`` | hash | ``last_ts``: the user's last positive action (sessions) |
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |

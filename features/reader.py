@@ -270,9 +270,11 @@ class RingRead:
         self.names = []
         for name in names:
             action, _, window = name.rpartition("_")
-            if not action or window not in {w.name for w in windows}:
+            kept = kind != "uc" or action in config.user_category_actions
+            if not action or window not in {w.name for w in windows} or not kept:
                 raise ValueError(f"unknown count {name!r}: expected <action>_<window> with a configured window"
-                                 + (f" ({config.user_category_window} for user categories)" if kind == "uc" else ""))
+                                 + (f" ({config.user_category_window} and one of {config.user_category_actions} "
+                                    "for user categories)" if kind == "uc" else ""))
             self.names.append((action, window))
         self.actions = list(dict.fromkeys(a for a, _ in self.names))
         self.reader, self.kind = reader, kind

@@ -102,6 +102,7 @@ class FeatureWriter:
                       c.covisit_keep, _window_number(c), len(c.windows)]
         for w in c.windows:
             self._head += [w.name, w.bucket_s, w.slots]
+        self._uc_actions = json.dumps(list(c.user_category_actions))
 
     def write_many(self, events: Sequence[Event], now: float | None = None, *,
                    offsets: Sequence[LogPosition] | None = None,
@@ -129,7 +130,8 @@ class FeatureWriter:
         pipe = self.client.pipeline(transaction=False)
         calls = list(_calls(events, positions, ranges or {}))
         for chunk, chunk_ranges in calls:
-            self._script(args=[*self._head, self._encode(chunk), json.dumps(chunk_ranges, separators=(",", ":"))],
+            self._script(args=[*self._head, self._encode(chunk), json.dumps(chunk_ranges, separators=(",", ":")),
+                               self._uc_actions],
                          client=pipe)
         results = pipe.execute()
         gaps: dict[TopicPartition, tuple[int, int]] = {}

@@ -1,4 +1,4 @@
-"""The (user, category) counters against a real Redis: every action counts for the user and the
+"""The (user, category) counters against a real Redis: impressions and clicks count for the user and the
 item's category (the event's, else the catalogue's), and the two ranking features read them."""
 
 from __future__ import annotations
@@ -43,3 +43,16 @@ def test_user_category_counts_follow_the_items_category_from_the_catalogue(redis
     assert dense[:, CLICKS].tolist() == pytest.approx(np.log1p([1.0, 0.0]).tolist())
     rates = np.array([(1 + prior) / (2 + config.ctr_prior_strength), prior / (1 + config.ctr_prior_strength)])
     assert dense[:, CTR].tolist() == pytest.approx(log_lift(rates, stream_ctr).tolist())
+
+
+def test_user_category_counters_keep_only_the_actions_features_read(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    writer.write_many([Event("1", "u", "s1", "like", T0, item={"category": "shoes"}),
+                       Event("2", "u", "s1", "click", T0 + 1)], now=T0)
+    uc_keys = sorted(k.decode() for k in client.scan_iter(match=f"{config.prefix}w:uc:*"))
+    assert uc_keys == [f"{config.prefix}w:uc:u\x1fshoes\x1fclick"]  # no string for the like
+    assert reader.users(["u"])[0]["counts"]["like_24h"] == 1  # the user's own counters keep every action
+    with pytest.raises(ValueError, match="user categories"):
+        reader.window_counts("uc", [("u", "s1")], ("like_24h",))
