@@ -121,6 +121,7 @@ from benchmarks.common import report
 from benchmarks.ingest import T0, simulated_events
 from features.config import FeatureConfig
 from features.reader import FeatureReader
+from features.store_state import store_state as features_store_state
 from param_server.client import ParamServerClient
 from param_server.config import DEFAULT_TABLES, tables_to_json
 from param_server.sharding import shard_of
@@ -307,22 +308,7 @@ def feature_errors(redis_url: str, events: list[Event]) -> tuple[int, int]:
 
 def store_state(url: str, prefix: str) -> dict[str, object]:
     """Every key of the feature store under ``prefix`` but the event_id marks, with its value by type."""
-    client = redis.Redis.from_url(url)
-    names = sorted(k for k in client.scan_iter(match=f"{prefix}*", count=5000)
-                   if not k.startswith(f"{prefix}seen:".encode()))
-    out: dict[str, object] = {}
-    for start in range(0, len(names), 5000):
-        chunk = names[start:start + 5000]
-        types = client.pipeline(transaction=False)
-        for key in chunk:
-            types.type(key)
-        values = client.pipeline(transaction=False)
-        for key, kind in zip(chunk, types.execute()):
-            {b"string": lambda k: values.get(k), b"hash": lambda k: values.hgetall(k),
-             b"list": lambda k: values.lrange(k, 0, -1), b"set": lambda k: values.smembers(k),
-             b"zset": lambda k: values.zrange(k, 0, -1, withscores=True)}[kind](key)
-        out.update((key.decode(errors="replace"), value) for key, value in zip(chunk, values.execute()))
-    return out
+    return {prefix + k: v for k, v in features_store_state(redis.Redis.from_url(url), prefix).items()}
 
 
 def key_kind(key: str, prefix: str) -> str:

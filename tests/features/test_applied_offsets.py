@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from features.config import FeatureConfig
+from features.store_state import store_state
 from features.windows import WindowSpec
 from features.writer import EVENTS_PER_CALL, FeatureWriter, OffsetGap, _calls
 from rtrec.events import Event, encode_event
@@ -55,25 +56,18 @@ def batch(log: dict[int, list[tuple[int, Event]]], lo: int, hi: int):
     return events, positions, ranges
 
 
-def state(writer: FeatureWriter) -> dict[bytes, object]:
-    """Every key of the store with its value (by type), expiry times left out."""
-    client, out = writer.client, {}
-    for key in sorted(client.scan_iter(match=writer.config.prefix + "*", count=5000)):
-        kind = client.type(key)
-        out[key] = {b"string": client.get, b"hash": client.hgetall, b"list": lambda k: client.lrange(k, 0, -1),
-                    b"zset": lambda k: client.zrange(k, 0, -1, withscores=True),
-                    b"set": lambda k: sorted(client.smembers(k))}[kind](key)
-    return out
+def state(writer: FeatureWriter) -> dict[str, object]:
+    """Every key of the store with its value (by type), the event_id marks too."""
+    return store_state(writer.client, writer.config.prefix, marks=True)
 
 
-def comparable(s: dict[bytes, object], prefix: str) -> dict[bytes, object]:
+def comparable(s: dict[str, object]) -> dict[str, object]:
     """The state without what depends on how events were grouped into calls: the catalogue's
     sequence numbers (compared as the set of items logged)."""
     out = dict(s)
-    out.pop(f"{prefix}items:seq".encode(), None)
-    log_key = f"{prefix}items:log".encode()
-    if log_key in out:
-        out[log_key] = sorted(m for m, _ in out[log_key])
+    out.pop("items:seq", None)
+    if "items:log" in out:
+        out["items:log"] = sorted(m for m, _ in out["items:log"])  # type: ignore[attr-defined]
     return out
 
 
@@ -83,7 +77,7 @@ def test_a_redelivered_batch_is_a_duplicate_by_offset_and_creates_no_key(redis_u
     first = writer.write_many(events, now=T0 + 1e4, offsets=positions, ranges=ranges)
     assert (first.applied, first.duplicates) == (600, 0)
     before = state(writer)
-    assert not [k for k in before if b"seen:" in k]
+    assert not [k for k in before if k.startswith("seen:")]
     again = writer.write_many(events, now=T0 + 1e4, offsets=positions, ranges=ranges)
     assert (again.applied, again.duplicates) == (0, 600)
     assert state(writer) == before  # nothing changed, no key was added
@@ -179,10 +173,9 @@ def same_features(one: FeatureWriter, other: FeatureWriter) -> bool:
     """Every key and value equal, but the catalogue's sequence numbers (they count calls) and ranking
     scores to 1e-12 relative (sums of decayed counts, added in another order when a gap is re-applied
     one partition after the other)."""
-    a = comparable({k[len(one.config.prefix):]: v for k, v in state(one).items()}, "")
-    b = comparable({k[len(other.config.prefix):]: v for k, v in state(other).items()}, "")
+    a, b = comparable(state(one)), comparable(state(other))
     assert sorted(a) == sorted(b)
-    for key in (b"trending", b"popular"):
+    for key in ("trending", "popular"):
         ra, rb = dict(a.pop(key)), dict(b.pop(key))
         assert ra and sorted(ra) == sorted(rb)
         assert all(math.isclose(ra[m], rb[m], rel_tol=1e-12) for m in ra), key

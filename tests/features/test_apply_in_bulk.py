@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from features.config import FeatureConfig
+from features.store_state import store_state
 from features.windows import WindowSpec
 from features.writer import FeatureWriter
 from rtrec.events import Event
@@ -37,23 +38,7 @@ def stream(n: int, seed: int) -> list[Event]:
 def state(client: redis.Redis, prefix: str) -> dict:
     """Every key of ``prefix`` and its value, but the event_id marks and the catalogue's change
     log (its sequence numbers count calls)."""
-    out = {}
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        name = key.decode()[len(prefix):]
-        if name.startswith("seen:") or name in ("items:log", "items:seq"):
-            continue
-        kind = client.type(key).decode()
-        if kind == "hash":
-            out[name] = client.hgetall(key)
-        elif kind == "list":
-            out[name] = client.lrange(key, 0, -1)
-        elif kind == "zset":
-            out[name] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            out[name] = client.smembers(key)
-        else:
-            out[name] = client.get(key)
-    return out
+    return {k: v for k, v in store_state(client, prefix).items() if k not in ("items:log", "items:seq")}
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -48,6 +48,8 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from features.store_state import store_state
+
 from param_server.client import ParamServerClient
 from param_server.snapshot import latest_snapshot, read_snapshot
 from producers.client import EventProducer
@@ -124,17 +126,7 @@ def replay(up: RtrecUp, events: list[Event], committed_total: int) -> None:
 
 def redis_state(url: str) -> dict[str, object]:
     """Every key of the feature store with its value, by type."""
-    client = redis.Redis.from_url(url)
-    keys = sorted(k for k in client.scan_iter(count=5000) if not k.startswith(b"rtrec:seen:"))
-    types = client.pipeline(transaction=False)
-    for key in keys:
-        types.type(key)
-    values = client.pipeline(transaction=False)
-    for key, kind in zip(keys, types.execute()):
-        {b"string": lambda k: values.get(k), b"hash": lambda k: values.hgetall(k),
-         b"list": lambda k: values.lrange(k, 0, -1), b"set": lambda k: values.smembers(k),
-         b"zset": lambda k: values.zrange(k, 0, -1, withscores=True)}[kind](key)
-    return {key.decode(): value for key, value in zip(keys, values.execute())}
+    return {f"rtrec:{k}": v for k, v in store_state(redis.Redis.from_url(url), "rtrec:").items()}
 
 
 def shard_rows(data_dir: Path) -> dict[str, dict[int, int]]:

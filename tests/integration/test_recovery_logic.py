@@ -179,8 +179,10 @@ def test_a_restarted_worker_primes_its_joiner_from_before_its_first_batch(prime:
     assert joiner.pending == (0 if prime == 0 else 8 * 4)
 
 
-def test_a_worker_started_after_a_shard_restored_an_older_snapshot_replays_the_gap() -> None:
-    """Whole-stack restart: the new worker's committed offsets are past the shard's snapshot."""
+def worker_died_after_shard_restored():  # type: ignore[no-untyped-def]
+    """A worker trained 6 batches and stopped; shard 1 then restored its snapshot of batch 3 (no
+    final snapshot). Returns the log, its batches, the stores, what each shard trained so far, and
+    what each trained in a run without faults."""
     log = traffic()
     _, _, (_, _, reference_trained) = run(log)
     batches = log.batches(80)
@@ -191,8 +193,14 @@ def test_a_worker_started_after_a_shard_restored_an_older_snapshot_replays_the_g
         old.process(*batches[n])
         if n == 3:
             snapshot, at_snapshot = stores[1].export_state(), Counter(trained[1])
-    stores[1] = ParamStore.from_state(*snapshot, tables=TABLES)  # no final snapshot: back to batch 3
+    stores[1] = ParamStore.from_state(*snapshot, tables=TABLES)
     trained[1] = at_snapshot
+    return log, batches, stores, trained, reference_trained
+
+
+def test_a_worker_started_after_a_shard_restored_an_older_snapshot_replays_the_gap() -> None:
+    """Whole-stack restart: the new worker's committed offsets are past the shard's snapshot."""
+    log, batches, stores, trained, reference_trained = worker_died_after_shard_restored()
     new, recovery = build(log, stores)  # a new worker process: new joiner, new trainer
     new_trained = record_examples(new.train.trainer)
     for n in range(6, len(batches)):
@@ -206,18 +214,7 @@ def test_a_restarted_worker_replays_the_gap_of_partitions_its_first_batch_did_no
     replays every partition's gap into the shard that restored an older snapshot: the check is made
     when each partition is first consumed, not only at the first batch (seen in benchmarks.faults:
     the worker died during a replay, and the next one replayed one partition of four)."""
-    log = traffic()
-    _, _, (_, _, reference_trained) = run(log)
-    batches = log.batches(80)
-    stores = [ParamStore(TABLES, shard=k, num_shards=2) for k in range(2)]
-    old, _ = build(log, stores)
-    trained = record_examples(old.train.trainer)
-    for n in range(6):
-        old.process(*batches[n])
-        if n == 3:
-            snapshot, at_snapshot = stores[1].export_state(), Counter(trained[1])
-    stores[1] = ParamStore.from_state(*snapshot, tables=TABLES)
-    trained[1] = at_snapshot
+    log, batches, stores, trained, reference_trained = worker_died_after_shard_restored()
     new, recovery = build(log, stores)
     new_trained = record_examples(new.train.trainer)
     for values, ends, starts, partitions in batches[6:]:
