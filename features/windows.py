@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["WindowSpec", "DEFAULT_WINDOWS", "RingLayout", "count_in_window"]
+__all__ = ["WindowSpec", "DEFAULT_WINDOWS", "RingLayout"]
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ DEFAULT_WINDOWS = (WindowSpec("5m", 300, 5), WindowSpec("1h", 3600, 12), WindowS
 class RingLayout:
     """The binary string of one entity's counts of one action over ``windows`` (module docstring).
 
-    >>> layout = RingLayout((WindowSpec("5m", 300, 5),))
-    >>> layout.words, layout.lua_format
-    (6, '<I4I4I4I4I4I4')
+    >>> layout = RingLayout((WindowSpec("5m", 300, 5), WindowSpec("1h", 3600, 12)))
+    >>> layout.words, layout.nbytes
+    (19, 76)
     """
 
     windows: tuple[WindowSpec, ...]
@@ -81,23 +81,6 @@ class RingLayout:
     @cached_property
     def nbytes(self) -> int:
         return 4 * self.words
-
-    @property
-    def lua_format(self) -> str:
-        """The format of Redis Lua's ``struct.pack`` / ``struct.unpack`` for one string."""
-        return "<" + "I4" * self.words
-
-    def offset(self, window: str) -> int:
-        """Index of ``window``'s newest-bucket word; its slots follow."""
-        at = 0
-        for w in self.windows:
-            if w.name == window:
-                return at
-            at += 1 + w.slots
-        raise ValueError(f"window {window!r} is not in this layout")
-
-    def window(self, name: str) -> WindowSpec:
-        return self.windows[[w.name for w in self.windows].index(name)]
 
     def decode(self, blobs: Sequence[bytes | None]) -> np.ndarray:
         """``uint32 (len(blobs), words)``; a missing string (None) reads as zeros."""
@@ -117,10 +100,9 @@ class RingLayout:
 
     @cached_property
     def _where(self) -> dict[str, tuple[WindowSpec, int]]:
-        return {w.name: (w, self.offset(w.name)) for w in self.windows}
-
-
-def count_in_window(window: WindowSpec, blob: bytes | None, watermark: float) -> int:
-    """The count of one string of a one-window layout live at ``watermark`` (tests, small reads)."""
-    layout = RingLayout((window,))
-    return int(layout.sums(layout.decode([blob]), window.name, watermark)[0])
+        """Each window's spec and the index of its newest-bucket word (its slots follow)."""
+        out, at = {}, 0
+        for w in self.windows:
+            out[w.name] = (w, at)
+            at += 1 + w.slots
+        return out

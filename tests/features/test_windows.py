@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.windows import WindowSpec, count_in_window
+from features.windows import RingLayout, WindowSpec
+
+
+def count_in_window(window: WindowSpec, blob: bytes | None, watermark: float) -> int:
+    layout = RingLayout((window,))
+    return int(layout.sums(layout.decode([blob]), window.name, watermark)[0])
 
 
 def test_live_range_covers_exactly_slots_buckets_ending_at_the_watermark() -> None:
