@@ -56,7 +56,7 @@ class FeatureReader:
                 pipe.hget(keys.user_state(p, u), "last_ts")
                 pipe.lrange(keys.recent(p, u), 0, -1)
                 pipe.lrange(keys.session(p, u), 0, -1)
-            pipe.mget(RingRead.keys_of(p, "u", user_ids, actions) or [keys.watermark(p)])
+            self._queue_rings(pipe, "u", user_ids, actions)
 
         replies = self.run_pipeline(build)
         counts = self._all_counts(replies[-1], len(user_ids), actions, wm)
@@ -71,7 +71,7 @@ class FeatureReader:
     def stream(self) -> dict:
         """Stream-wide features: counts per action and window over every event."""
         wm, actions = self._watermark_and_actions()
-        blobs = self.client.mget(RingRead.keys_of(self.config.prefix, "g", [""], actions)) if actions else []
+        (blobs,) = self.run_pipeline(lambda pipe: self._queue_rings(pipe, "g", [""], actions))
         return {"counts": self._all_counts(blobs, 1, actions, wm)[0], "last_ts": 0.0}
 
     def items(self, item_ids: Sequence[str]) -> list[dict]:
@@ -81,8 +81,8 @@ class FeatureReader:
         names = list(item_ids) or [""]
 
         def build(pipe: Any) -> None:
-            pipe.mget(RingRead.keys_of(p, "i", item_ids, actions) or [keys.watermark(p)])
-            pipe.mget(RingRead.keys_of(p, "g", [""], actions) or [keys.watermark(p)])
+            self._queue_rings(pipe, "i", item_ids, actions)
+            self._queue_rings(pipe, "g", [""], actions)
             pipe.hmget(keys.catalog(p), names)
             pipe.zmscore(keys.ranking(p, "trending"), names)
             pipe.zmscore(keys.ranking(p, "popular"), names)
@@ -219,6 +219,12 @@ class FeatureReader:
         pipe.smembers(keys.actions(self.config.prefix))
         wm, actions = pipe.execute()
         return float(wm or 0.0), sorted(a.decode() for a in actions)
+
+    def _queue_rings(self, pipe: Any, kind: str, ids: Sequence[str], actions: Sequence[str]) -> None:
+        """Queue an MGET of the rings of ``ids`` times ``actions`` (entity-major); with none to read,
+        of one key that is never a ring (MGET needs a key; :meth:`_all_counts` ignores the reply)."""
+        p = self.config.prefix
+        pipe.mget(RingRead.keys_of(p, kind, ids, actions) or [keys.watermark(p)])
 
     def _all_counts(self, blobs: Sequence[bytes | None], n: int, actions: Sequence[str],
                     watermark: float) -> list[dict[str, int]]:
