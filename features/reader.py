@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from importlib import resources
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -25,9 +26,20 @@ from features.config import FeatureConfig
 from features.windows import RingLayout
 
 COVISITS_SCRIPT = resources.files("features").joinpath("covisits.lua").read_text()
+COVISITED_SCRIPT = resources.files("features").joinpath("covisited.lua").read_text()
 RINGS_SCRIPT = resources.files("features").joinpath("rings.lua").read_text()
 #: Loaded again, all of them, when Redis answers NOSCRIPT (it restarted or was flushed).
-READ_SCRIPTS = (COVISITS_SCRIPT, RINGS_SCRIPT)
+READ_SCRIPTS = (COVISITS_SCRIPT, COVISITED_SCRIPT, RINGS_SCRIPT)
+
+
+@dataclass(frozen=True)
+class UserRecall:
+    """A user's recent items (newest first) and the items most co-visited with the last few of
+    them, best first, with their co-visitation sums (:meth:`FeatureReader.recall_many`)."""
+
+    recent: list[str]
+    covisited: list[str]
+    covisit_sums: list[int]
 
 
 class FeatureReader:
@@ -40,6 +52,7 @@ class FeatureReader:
         self.async_client = async_client
         self.config = config or FeatureConfig()
         self._covisits_script = client.register_script(COVISITS_SCRIPT)
+        self._covisited_script = client.register_script(COVISITED_SCRIPT)
         self._rings_script = client.register_script(RINGS_SCRIPT)
 
     def watermark(self) -> float:
@@ -116,6 +129,24 @@ class FeatureReader:
         replies = await self.run_pipeline_async(lambda pipe: [pipe.lrange(keys.recent(self.config.prefix, u), 0, -1)
                                                               for u in user_ids])
         return [[r.decode() for r in rows] for rows in replies]
+
+    def recall_many(self, user_ids: Sequence[str], top: int) -> list[UserRecall]:
+        """Each user's recent items and their ``top`` most co-visited items not among them (summed
+        over the last ``covisit_query`` recent items), in one round trip: what serving reads first."""
+        return self._recalls(self.run_pipeline(lambda pipe: self._queue_recall(pipe, user_ids, top)))
+
+    async def recall_many_async(self, user_ids: Sequence[str], top: int) -> list[UserRecall]:
+        """:meth:`recall_many` without blocking the event loop (with an ``async_client``)."""
+        return self._recalls(await self.run_pipeline_async(lambda pipe: self._queue_recall(pipe, user_ids, top)))
+
+    def _queue_recall(self, pipe: Any, user_ids: Sequence[str], top: int) -> None:
+        pipe.evalsha(self._covisited_script.sha, 0, self.config.prefix, self.config.covisit_query, top,
+                     orjson.dumps(list(user_ids)))
+
+    @staticmethod
+    def _recalls(replies: list) -> list[UserRecall]:
+        return [UserRecall([r.decode() for r in recent], [i.decode() for i in best[0::2]], [int(x) for x in best[1::2]])
+                for recent, best in replies[0]]
 
     def covisit_scores(self, pipe: Any, user_ids: Sequence[str], pairs: Sequence[tuple[int, str]]) -> None:
         """Queue on ``pipe`` the co-visitation score of each ``(index into user_ids, item)`` pair:

@@ -97,13 +97,21 @@ class Settings(BaseSettings):
         "", description="Endpoints served without X-API-Key even with RTREC_API_KEY set, comma-separated, of "
                         + ", ".join(OPENABLE_ENDPOINTS) + " (never user data).")
     serving_ranked: int = Field(50, ge=1, le=300, description="Retrieved candidates ranked with real-time features.")
+    serving_covisited: int = Field(
+        50, ge=0, le=300, description="Items most co-visited with the user's last few also ranked (a second retrieval "
+                                      "channel beside the user vector); 0 turns it off.")
     serving_processes: int = Field(
         1, ge=1, le=64, description="Serving processes behind the one HTTP port (SO_REUSEPORT), each syncing on its own; "
                                     "one process uses one core at most.")
-    sync_interval_s: float = Field(2.0, gt=0, description="Seconds between sparse weight syncs.")
+    sync_interval_s: float = Field(
+        2.0, gt=0, le=10, description="Longest wait for a sparse weight sync: serving long-polls the parameter server "
+                                      "this long and syncs as soon as a training step lands.")
+    sync_min_interval_s: float = Field(
+        0.25, ge=0, description="Shortest time between two sparse syncs (bounds serving's sync CPU while training "
+                                "pushes many steps a second).")
     dense_sync_interval_s: float = Field(
         20.0, gt=0, description="Seconds between dense weight syncs (a new model swapped in whole: every item "
-                                "re-embedded), rounded to a whole number of sparse syncs.")
+                                "re-embedded), at the first sparse sync after that long.")
     log_impressions: bool = Field(True, description="Log every /recommend list back to Kafka as impression events.")
     impression_linger_ms: int = Field(100, ge=0, description="How long serving's impression producer waits to fill a batch.")
     index_ivf_min_items: int = Field(50_000, ge=1, description="Catalogue size from which retrieval uses an IVF index, not exact search.")

@@ -84,10 +84,10 @@ class ServingModel:
             items, cat_rows = pulled.fields
             v = self.model.item_vectors(items, cat_rows)
             r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+            z = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
             logits = self.model.rank_logits(sides.user[r], sides.recent_mean[r], sides.context_mean[r],
-                                            sides.vector[r], items, cat_rows, v,
-                                            torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)))
-            return torch.sigmoid(self.model.ranking_logit(logits, sides.vector[r], v)).numpy()
+                                            sides.vector[r], items, cat_rows, v, z)
+            return torch.sigmoid(self.model.ranking_logit(logits, sides.vector[r], v, z)).numpy()
 
     def score_with(self, side: UserSide, item_fids: np.ndarray, categories: Sequence[str | None],
                    dense: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from features.ids import feature_ids
-from features.reader import FeatureReader
+from features.reader import FeatureReader, UserRecall
 from features.realtime import (ITEM_COUNTS, RealtimeReads, read_realtime, read_realtime_async, read_realtime_many,
                                read_realtime_many_async)
 from rtrec.recipe.examples import RECENT_FOR_TOWER, ModelSlots
@@ -45,6 +45,12 @@ class RankingConfig:
         ranked: the best of them by retrieval score (after dropping blocked items) that get
             real-time features from Redis and the ranking head; bounds the per-request Redis
             and scoring work, which dominate latency (~0.1 ms per ranked item here).
+        covisited: most items of the co-visitation channel ranked besides those: the items most
+            often co-visited with the user's last few (features/covisited.lua), read in the same
+            round trip as the recent items. The user vector finds what the user's taste is near;
+            co-visitation finds what followed the user's last items for other users, the
+            strongest signal in a session (``cooccurrence`` of ``rtrec eval``); the ranking head,
+            which sees ``pair_log_covisits``, orders both. 0 turns the channel off.
         max_category_share: at most ``max(1, ceil(share * k))`` items of one category in a list
             (relaxed only when too few items remain to fill ``k``).
         explore_share: share of the ``k`` slots (rounded down) given to new items -- candidates
@@ -53,17 +59,18 @@ class RankingConfig:
 
     candidates: int = 300
     ranked: int = 50
+    covisited: int = 50
     max_category_share: float = 0.3
     explore_share: float = 0.1
 
     @classmethod
     def from_settings(cls, settings: Any) -> "RankingConfig":
         """The ranking of serving and ``rtrec eval`` as :class:`rtrec.settings.Settings` configures it."""
-        return cls(ranked=settings.serving_ranked)
+        return cls(ranked=settings.serving_ranked, covisited=settings.serving_covisited)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.ranked <= self.candidates:
-            raise ValueError("need 1 <= ranked <= candidates")
+        if not 1 <= self.ranked <= self.candidates or self.covisited < 0:
+            raise ValueError("need 1 <= ranked <= candidates and covisited >= 0")
         if not 0 < self.max_category_share <= 1 or not 0 <= self.explore_share < 1:
             raise ValueError("max_category_share must be in (0, 1] and explore_share in [0, 1)")
 
@@ -157,7 +164,7 @@ class Recommender:
 
     def recommend_many(self, asks: Sequence[Ask]) -> list[Recommendation]:
         """:meth:`recommend` of several requests, each stage done once for all of them."""
-        plans = self._retrieve_many(asks, self.reader.recent_items_many([a.user_id for a in asks]))
+        plans = self._retrieve_many(asks, self.reader.recall_many([a.user_id for a in asks], self.config.covisited))
         ranked = [p for p in plans if not p.cold_start]
         reads = read_realtime_many(self.reader, [([p.user_id], p.names) for p in ranked], categories=True)
         cold = [p for p in plans if p.cold_start]
@@ -168,7 +175,8 @@ class Recommender:
     async def recommend_many_async(self, asks: Sequence[Ask]) -> list[Recommendation]:
         """:meth:`recommend_many` leaving the event loop free while Redis answers (two round trips in
         all, whatever the number of requests; the HTTP handlers batch concurrent requests into it)."""
-        plans = self._retrieve_many(asks, await self.reader.recent_items_many_async([a.user_id for a in asks]))
+        plans = self._retrieve_many(asks, await self.reader.recall_many_async([a.user_id for a in asks],
+                                                                              self.config.covisited))
         ranked = [p for p in plans if not p.cold_start]
         cold = [p for p in plans if p.cold_start]
         reads = await read_realtime_many_async(self.reader, [([p.user_id], p.names) for p in ranked],
@@ -223,19 +231,19 @@ class Recommender:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _retrieve_many(self, asks: Sequence[Ask], seen: Sequence[list[str]]) -> list["_Plan"]:
+    def _retrieve_many(self, asks: Sequence[Ask], recalls: Sequence[UserRecall]) -> list["_Plan"]:
         """Stage 1 (no I/O): blocked items, user vectors (one tower pass) and, by one FAISS search,
-        the named candidates of every request."""
-        blocked = [set(a.exclude) | set(s) for a, s in zip(asks, seen)]
+        the named candidates of every request, then its co-visited items not among them."""
+        blocked = [set(a.exclude) | set(r.recent) for a, r in zip(asks, recalls)]
         known = self.mirror.contains(feature_ids(self.slots.user, [a.user_id for a in asks]))
         # the user tower reads the user's recent items too: a user without a row yet (not admitted,
         # not synced) but with recent items is served by the model, not the cold-start list
-        warm = np.flatnonzero(known | np.array([bool(s) for s in seen], dtype=bool)).tolist()
+        warm = np.flatnonzero(known | np.array([bool(r.recent) for r in recalls], dtype=bool)).tolist()
         plans = [_Plan(a, b, cold_start=True) for a, b in zip(asks, blocked)]
         if not warm:
             return plans
         model = self.holder.current
-        recents = [seen[i][:RECENT_FOR_TOWER] for i in warm]
+        recents = [recalls[i].recent[:RECENT_FOR_TOWER] for i in warm]
         sides = model.user_sides([asks[i].user_id for i in warm], recents, [asks[i].context for i in warm])
         vectors = sides.vector.numpy()
         depth = min(self.config.candidates, 2 * self.config.ranked) + max(len(blocked[i]) for i in warm)
@@ -244,12 +252,19 @@ class Recommender:
             fids = labels[row][labels[row] >= 0].view(np.uint64)
             if blocked[i]:
                 fids = fids[~np.isin(fids, self.catalog.feature_ids(sorted(blocked[i])))]
-            named = [(f, n) for f, n in zip(fids.tolist(), self.catalog.names(fids)) if n is not None]
-            retrieved = [n for _, n in named] if asks[i].explain else []
-            named = named[: self.config.ranked]
+            found = [(f, n) for f, n in zip(fids.tolist(), self.catalog.names(fids)) if n is not None]
+            named = found[: self.config.ranked]
+            covisited = self._covisited(recalls[i], blocked[i], {n for _, n in named})
+            retrieved = list(dict.fromkeys(n for _, n in found + covisited)) if asks[i].explain else []
+            named += covisited
             plans[i] = _Plan(asks[i], blocked[i], not named, vectors[row], model, sides, row,
                              np.array([f for f, _ in named], dtype=np.uint64), [n for _, n in named], retrieved)
         return plans
+
+    def _covisited(self, recall: UserRecall, blocked: set[str], ranked: set[str]) -> list[tuple[int, str]]:
+        """(feature ID, name) of the user's co-visited items neither blocked nor ranked already."""
+        names = [n for n in recall.covisited if n not in blocked and n not in ranked][: self.config.covisited]
+        return list(zip(feature_ids(self.slots.item, names).tolist(), names))
 
     def _finish_many(self, plans: list["_Plan"], ranked: list["_Plan"], reads: list[RealtimeReads],
                      top: Mapping[str, list[tuple[str, float]]]) -> list[Recommendation]:

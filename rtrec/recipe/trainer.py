@@ -252,8 +252,9 @@ class Scorer:
         (:meth:`~rtrec.recipe.model.RecModel.ranking_logit`)."""
         with torch.no_grad():
             fields, _, _ = self._fields(batch, requires_grad=False)
-            out = self.model(fields, _dense(batch, self.model.config.n_dense))
-            return torch.sigmoid(self.model.ranking_logit(out.logits, out.user_vectors, out.item_vectors)).numpy()
+            dense = _dense(batch, self.model.config.n_dense)
+            out = self.model(fields, dense)
+            return torch.sigmoid(self.model.ranking_logit(out.logits, out.user_vectors, out.item_vectors, dense)).numpy()
 
     def embed_users(self, users: Sequence[object], recent: Sequence[Sequence[str]] | None = None,
                     contexts: Sequence[Mapping[str, object] | None] | None = None) -> np.ndarray:

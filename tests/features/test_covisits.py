@@ -94,3 +94,17 @@ def test_a_covisit_set_is_trimmed_to_its_most_covisited_items(redis_url: str) ->
     kept = stored(reader, "hub")
     assert len(kept) <= 2 * config.covisit_keep
     assert [name for name, _ in kept.most_common(3)] == ["i0", "i1", "i2"]
+
+
+def test_recall_reads_recent_items_and_the_most_covisited_others_in_one_call(store) -> None:
+    writer, reader, _ = store
+    writer.write_many(clicks([("a", "x"), ("a", "y"), ("b", "x"), ("b", "z"), ("c", "x"), ("c", "y"),
+                              ("f", "q"), ("f", "z"), ("d", "q"), ("d", "x")]), now=T0)
+    # d's last 2 items (covisit_query) are x and q. Through x: y 2 (a, c), z 1 (b); through q: z 1 (f).
+    # d's own items are left out (serving blocks them); ties go by name; a new user gets nothing
+    d, new = reader.recall_many(["d", "new-user"], top=5)
+    assert d.recent == ["x", "q"]
+    assert list(zip(d.covisited, d.covisit_sums)) == [("y", 2), ("z", 2)]
+    assert (new.recent, new.covisited, new.covisit_sums) == ([], [], [])
+    assert reader.recall_many(["d"], top=1)[0].covisited == ["y"]
+    assert reader.recall_many([], top=5) == []

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from param_server.store import ParamStore
-from rtrec.recipe.model import DENSE_PREFIX, ModelConfig, RecModel, SparseFields, masked_mean
+from rtrec.recipe.model import COVISITS, DENSE_PREFIX, ModelConfig, RecModel, SparseFields, masked_mean
 
 CONFIG = ModelConfig(sparse_dim=8, tower_dim=16)
 
@@ -97,3 +97,15 @@ def test_gradients_reach_every_sparse_input() -> None:
 def test_wrong_dense_width_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="dense features"):
         RecModel(CONFIG)(SparseFields.zeros(2, CONFIG.sparse_dim), torch.zeros(2, CONFIG.n_dense + 1))
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.0])
+def test_the_serving_order_adds_the_weighted_covisits_to_the_mean_of_head_and_towers(weight: float) -> None:
+    model = RecModel(ModelConfig(sparse_dim=8, tower_dim=16, covisit_weight=weight))
+    fields = _random_fields(4, 8)
+    z = torch.zeros(4, model.config.n_dense)
+    out = model(fields, z)
+    base = (out.logits[:, 0] + (out.user_vectors * out.item_vectors).sum(1) / model.config.temperature) / 2
+    z[:, COVISITS] = torch.log1p(torch.tensor([0.0, 1.0, 5.0, 50.0]))
+    scored = model.ranking_logit(out.logits, out.user_vectors, out.item_vectors, z)
+    assert torch.allclose(scored, base + weight * z[:, COVISITS], atol=1e-6)
