@@ -157,7 +157,7 @@ def _systems(config: EvalConfig, settings: Settings, url: str) -> tuple[dict[str
         served["model"] = ServedModel.build(settings, systems["model"], every)
     if "batch" in config.variants:  # a periodic retrain ships the whole model: dense weights at every refresh
         served["batch"] = ServedModel.build(settings, systems["model"], config.batch_refresh_s, aligned=True,
-                                            dense_every=1)
+                                            dense_interval_s=0.0)
     if "hashed" in config.variants:
         systems["hashed"] = TrainedSystem.build(settings, _db(url, 1), hashed_tables(config.hash_buckets),
                                                 seed=config.seed)

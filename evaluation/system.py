@@ -29,7 +29,6 @@ from rtrec.stack.redis_server import RedisServer
 from serving.api import Serving
 from serving.index import IndexPlan
 from serving.main import build_serving
-from serving.main import dense_every as dense_every_of
 from serving.ranking import Ask, RankingConfig
 from stream_workers.build import build_pipeline
 from stream_workers.pipeline import BatchPipeline
@@ -102,17 +101,20 @@ class ServedModel:
 
     @classmethod
     def build(cls, settings: Settings, system: TrainedSystem, period_s: float, aligned: bool = False,
-              dense_every: int | None = None) -> "ServedModel":
-        """Serving as ``rtrec serve`` wires it, synced every ``period_s`` of the replay clock
-        (``dense_every`` None: dense weights every ``RTREC_DENSE_SYNC_INTERVAL_S`` of it, as live)."""
-        if dense_every is None:
-            dense_every = dense_every_of(settings.dense_sync_interval_s, period_s)
+              dense_interval_s: float | None = None) -> "ServedModel":
+        """Serving as ``rtrec serve`` wires it, synced every ``period_s`` of the replay clock, dense
+        weights every ``dense_interval_s`` of it (None: ``RTREC_DENSE_SYNC_INTERVAL_S``, as live)."""
+        if dense_interval_s is None:
+            dense_interval_s = settings.dense_sync_interval_s
         serving = build_serving(system.store, FeatureReader(system.client), CollectorRegistry(), system.tables,
-                                sync_interval_s=settings.sync_interval_s, dense_every=dense_every,
+                                sync_interval_s=settings.sync_interval_s, dense_interval_s=dense_interval_s,
+                                min_sync_interval_s=settings.sync_min_interval_s,
                                 ranking=RankingConfig.from_settings(settings),
                                 index_plan=IndexPlan(ivf_min_items=settings.index_ivf_min_items,
                                                      nprobe=settings.index_nprobe))
-        return cls(serving, period_s, aligned)
+        served = cls(serving, period_s, aligned)
+        serving.sync.clock = lambda: served.synced_at  # the replay clock, set before each sync
+        return served
 
     def maybe_sync(self, now: float) -> bool:
         """Sync if ``period_s`` of event time passed (or, aligned, a period boundary); True if it did."""
@@ -122,8 +124,8 @@ class ServedModel:
         else:
             due = now - self.synced_at >= self.period_s
         if due:
-            self.serving.sync.sync_once()
             self.synced_at = now
+            self.serving.sync.sync_once()
         return due
 
     def recommend(self, events: Sequence[Event], k: int) -> tuple[list[list[str]], int]:

@@ -81,9 +81,10 @@ class ParamServerClient:
             args["ts"] = None if ts is None else float(ts)
         return int(self._call(Op.PUSH, args, arrays).args["version"])
 
-    def delta(self, since: int = 0) -> Delta:
-        """Rows changed and IDs evicted after version ``since``."""
-        reply = self._call(Op.DELTA, {"since": int(since)}, {})
+    def delta(self, since: int = 0, wait_s: float = 0.0) -> Delta:
+        """Rows changed and IDs evicted after version ``since``; with ``wait_s``, when nothing has
+        changed yet the shard answers as soon as something does, or after ``wait_s`` (long-poll)."""
+        reply = self._call(Op.DELTA, {"since": int(since), "wait_ms": round(wait_s * 1000)}, {})
         return delta_from_wire(reply.args, reply.arrays)
 
     def snapshot(self, offsets: Mapping[str, Mapping[int, int]] | None = None) -> str:

@@ -2,7 +2,9 @@
 
 Requests are handled one at a time on the event loop (the store is not thread-safe and the work
 is numpy, so there is nothing to gain from threads); a snapshot copies the state on the loop and
-writes the file in a worker thread. Every request is validated; a bad one gets an error reply
+writes the file in a worker thread. A DELTA may long-poll (``wait_ms``): when nothing changed
+since its version it waits, without holding the loop, until a request changes the store or the
+wait ends, so serving learns of a training step as it lands instead of on its next timer tick. Every request is validated; a bad one gets an error reply
 and the server keeps serving. A frame whose header cannot be trusted (bad magic, oversized,
 truncated) also closes that connection, since the byte stream can no longer be followed.
 
@@ -39,6 +41,9 @@ __all__ = ["ParamServer", "ServerThread"]
 
 log = logging.getLogger(__name__)
 
+#: The longest wait a DELTA may ask for (``wait_ms``), well under the clients' socket timeout.
+MAX_WAIT_MS = 10_000
+
 
 class ParamServer:
     """Serves a :class:`ParamStore` over TCP (loopback by default), optionally behind a shared token."""
@@ -54,6 +59,7 @@ class ParamServer:
         self._server: asyncio.base_events.Server | None = None
         self._snapshot_lock: asyncio.Lock | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self._changed: asyncio.Future | None = None  # resolved (and replaced) when the version moves
 
     async def start(self) -> tuple[str, int]:
         """Start listening; returns the bound (host, port)."""
@@ -127,7 +133,10 @@ class ParamServer:
         try:
             message = decode_payload(op, n_arrays, meta, body)
             self._authorise(message)
+            version = self.store.version
             args, arrays, keys = await self._dispatch(message)
+            if self.store.version != version:
+                self._notify_change()
             reply = encode_frame(Op.OK, args, arrays)
         except ValueError as exc:  # ProtocolError included: the caller's mistake, keep the connection
             await self._reply_error(writer, exc, peer)
@@ -156,6 +165,23 @@ class ParamServer:
         except ConnectionError:
             pass
 
+    async def _wait_for_change(self, since: int, wait_s: float) -> None:
+        """Return once the store's version is past ``since`` or ``wait_s`` has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while self.store.version <= since and (left := deadline - loop.time()) > 0:
+            if self._changed is None or self._changed.done():
+                self._changed = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._changed), left)
+            except asyncio.TimeoutError:
+                return
+
+    def _notify_change(self) -> None:
+        """Wake every long-polling DELTA (each checks the version again)."""
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+
     def _authorise(self, message: Message) -> None:
         if self.token and not hmac.compare_digest(message.token.encode(), self.token.encode()):
             raise ProtocolError("missing or wrong token", "unauthorized")
@@ -175,9 +201,12 @@ class ParamServer:
             version = store.push_many(ids, grads, ts, offsets_from_wire(args.get("offsets")))
             return {"version": version}, {}, ids.size
         if message.op == Op.DELTA:
-            since = args.get("since", 0)
+            since, wait_ms = args.get("since", 0), args.get("wait_ms", 0)
             if type(since) is not int:
                 raise ProtocolError("since must be an integer version")
+            if type(wait_ms) is not int or not 0 <= wait_ms <= MAX_WAIT_MS:
+                raise ProtocolError(f"wait_ms must be an integer in [0, {MAX_WAIT_MS}]")
+            await self._wait_for_change(since, wait_ms / 1000)
             reply_args, reply_arrays = delta_to_wire(store.delta(since))
             return reply_args, reply_arrays, 0
         if message.op == Op.SNAPSHOT:

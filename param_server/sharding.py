@@ -103,12 +103,17 @@ class ShardedClient:
             self._versions[shard] = int(version)
         return tuple(self._versions)
 
-    def delta(self, since: int | Sequence[int] = 0) -> Delta:
-        """Changes since the cursor ``since`` (a tuple from a previous delta, or 0 for everything)."""
+    def delta(self, since: int | Sequence[int] = 0, wait_s: float = 0.0) -> Delta:
+        """Changes since the cursor ``since`` (a tuple from a previous delta, or 0 for everything).
+
+        ``wait_s``: every shard long-polls (:meth:`ParamServerClient.delta`), all at once. A
+        training step touches every shard, so they answer together; a shard nothing changed on
+        answers when its wait ends, which bounds the delay to ``wait_s`` as a timer would."""
         cursors = [int(since)] * len(self.shards) if np.ndim(since) == 0 else [int(v) for v in since]  # type: ignore[arg-type]
         if len(cursors) != len(self.shards):
             raise ValueError(f"delta cursor has {len(cursors)} versions for {len(self.shards)} shards")
-        deltas = self._fan_out([(lambda s=s, c=c: s.delta(c)) for s, c in zip(self.shards, cursors)])
+        deltas = self._fan_out([(lambda s=s, c=c: s.delta(c, wait_s=wait_s) if wait_s else s.delta(c))
+                                for s, c in zip(self.shards, cursors)])
         if any(d.full for delta in deltas for d in delta.tables.values()):
             # One shard trimmed its eviction log: a partial full dump would lose the other shards'
             # rows at the receiver, so fetch full dumps from every shard.

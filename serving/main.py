@@ -52,21 +52,10 @@ from serving.ranking import RankingConfig, RecentUsers, Recommender
 from serving.sync import SyncLoop
 from rtrec.recipe.examples import ModelSlots
 
-__all__ = ["main", "build_serving", "check_exposure", "dense_every"]
+__all__ = ["main", "build_serving", "check_exposure"]
 
 log = logging.getLogger("serving")
 
-#: Every this many sparse syncs the dense weights are pulled too (Monolith: dense rarely).
-DENSE_EVERY = 10
-
-
-def dense_every(dense_interval_s: float, sync_interval_s: float) -> int:
-    """Sparse syncs per dense sync for dense weights every ``dense_interval_s`` (at least 1).
-
-    >>> dense_every(20.0, 2.0), dense_every(20.0, 0.5), dense_every(1.0, 2.0)
-    (10, 40, 1)
-    """
-    return max(1, round(dense_interval_s / sync_interval_s))
 #: Redis connections the request path may hold at once.
 REDIS_CONNECTIONS = 32
 #: How long start-up retries the first sync before giving up.
@@ -75,7 +64,7 @@ FIRST_SYNC_TIMEOUT_S = 60.0
 
 def build_serving(params: Any, reader: FeatureReader | None, registry: CollectorRegistry,
                   tables: Sequence[EmbeddingConfig] = DEFAULT_TABLES, model_config: ModelConfig = ModelConfig(),
-                  sync_interval_s: float = 2.0, dense_every: int = DENSE_EVERY,
+                  sync_interval_s: float = 2.0, dense_interval_s: float = 20.0, min_sync_interval_s: float = 0.25,
                   send_impression: Callable[[dict], None] | None = None, api_key: str = "",
                   open_endpoints: frozenset[str] = frozenset(), ranking: RankingConfig = RankingConfig(),
                   impression_sender_env: Mapping[str, str] | None = None,
@@ -93,7 +82,8 @@ def build_serving(params: Any, reader: FeatureReader | None, registry: Collector
     holder = ModelHolder(mirror, model_config, slots)
     catalog = ItemCatalog(slots.item)
     index = ItemIndex(model_config.tower_dim, index_plan)
-    sync = SyncLoop(params, mirror, holder, catalog, index, metrics, reader, sync_interval_s, dense_every)
+    sync = SyncLoop(params, mirror, holder, catalog, index, metrics, reader, sync_interval_s, dense_interval_s,
+                    min_sync_interval_s)
     recommender = Recommender(mirror, holder, catalog, index, reader, slots, ranking)  # type: ignore[arg-type]
     impressions = None
     if impression_sender_env is not None:
@@ -131,7 +121,8 @@ def main(settings: Any) -> None:
         log.warning("RTREC_LOG_IMPRESSIONS is off: served lists are NOT logged back to Kafka")
     registry = CollectorRegistry()
     serving = build_serving(params, reader, registry, tables, sync_interval_s=settings.sync_interval_s,
-                            dense_every=dense_every(settings.dense_sync_interval_s, settings.sync_interval_s),
+                            dense_interval_s=settings.dense_sync_interval_s,
+                            min_sync_interval_s=settings.sync_min_interval_s,
                             api_key=settings.api_key, open_endpoints=settings.open_endpoint_names,
                             ranking=RankingConfig.from_settings(settings),
                             impression_sender_env=_sender_env(settings) if settings.log_impressions else None,

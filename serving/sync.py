@@ -1,11 +1,18 @@
-"""The sync loop: every ``interval_s`` pull the rows changed since the last sync, apply, re-index.
+"""The sync loop: pull the rows changed since the last sync as soon as training pushes them, apply,
+re-index.
+
+The loop long-polls: ``delta(since, wait_s=interval_s)`` returns as soon as a training step has
+changed a shard (or after ``interval_s`` with nothing), so a step reaches serving within about one
+delta round trip instead of waiting for a timer; syncs are at least ``min_interval_s`` apart, which
+bounds their CPU while the worker pushes many steps a second.
 
 One :meth:`SyncLoop.sync_once`:
 
 1. ``delta(since)`` from the parameter server (all shards through the sharded client) and apply
    it to the mirror (evictions, then upserts; a ``full`` delta replaces a table); when a shard's
    epoch changed (it restarted from its snapshot), a full copy instead, and every item re-indexed;
-2. every ``dense_every``-th sync (and the first), ``pull_dense``: a new model is built beside the
+2. the first sync and then the first one ``dense_interval_s`` or more after the last dense one (by
+   ``clock``: monotonic time live, the replay clock in ``rtrec eval``), ``pull_dense``: a new model is built beside the
    old one and swapped in by one reference assignment, then every item is re-embedded into a new
    index that replaces the old one (the item tower changed, so every vector did);
 3. otherwise only the items whose rows changed (or whose name/category was just learned) are
@@ -23,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import redis
@@ -62,12 +69,16 @@ class SyncLoop:
 
     def __init__(self, params: Any, mirror: ParamMirror, holder: ModelHolder, catalog: ItemCatalog,
                  index: ItemIndex, metrics: ServingMetrics, reader: FeatureReader | None = None,
-                 interval_s: float = 2.0, dense_every: int = 10) -> None:
-        if interval_s <= 0 or dense_every < 1:
-            raise ValueError("interval_s must be > 0 and dense_every >= 1")
+                 interval_s: float = 2.0, dense_interval_s: float = 20.0, min_interval_s: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if interval_s <= 0 or dense_interval_s < 0 or min_interval_s < 0:
+            raise ValueError("need interval_s > 0, dense_interval_s >= 0 and min_interval_s >= 0")
         self.params, self.mirror, self.holder, self.catalog = params, mirror, holder, catalog
         self.index, self.metrics, self.reader = index, metrics, reader
-        self.interval_s, self.dense_every = interval_s, dense_every
+        self.interval_s, self.dense_interval_s = interval_s, dense_interval_s
+        self.min_interval_s = min(min_interval_s, interval_s)
+        self.clock = clock
+        self._dense_at: float | None = None  # clock() of the last dense pull
         self.syncs = 0
         self.synced_at = 0.0
         self._item_table = "item_id"
@@ -89,18 +100,20 @@ class SyncLoop:
             with self._pending_lock:
                 self._pending = np.union1d(self._pending, np.asarray(fids, dtype=np.uint64))
 
-    def sync_once(self) -> int:
-        """One sync (see the module docstring); returns the rows applied."""
+    def sync_once(self, wait_s: float = 0.0) -> int:
+        """One sync (see the module docstring); returns the rows applied. ``wait_s``: long-poll the
+        parameter server that long for a change when there is none yet."""
         with self._sync_lock:
-            start = time.perf_counter()
             restarted = self._shards_restarted()
-            delta = self.params.delta(-1 if restarted else self.mirror.version)
+            since = -1 if restarted else self.mirror.version
+            delta = self.params.delta(since, wait_s=wait_s) if wait_s > 0 else self.params.delta(since)
+            start = time.perf_counter()
             applied = self.mirror.apply(delta)
             changed = applied.changed.get(self._item_table, np.empty(0, dtype=np.uint64))
             removed = applied.removed.get(self._item_table, np.empty(0, dtype=np.uint64))
             self.note_items(self._items_of_rows(changed))
             self._learn_names()
-            dense_loaded = self.syncs % self.dense_every == 0 and self._load_dense()
+            dense_loaded = self._dense_due() and self._load_dense()
             if dense_loaded or restarted:
                 self._reindex_all()
             else:
@@ -118,6 +131,14 @@ class SyncLoop:
                           applied.rows, evicted, self.mirror.version, len(self.index))
             return applied.rows
 
+    def _dense_due(self) -> bool:
+        """Whether this sync pulls the dense weights (the first, then every ``dense_interval_s``)."""
+        now = self.clock()
+        if self._dense_at is not None and now - self._dense_at < self.dense_interval_s:
+            return False
+        self._dense_at = now
+        return True
+
     def _shards_restarted(self) -> bool:
         """Whether a shard restarted (from its snapshot) since the last sync: its rows went back to
         the snapshot's and its version numbers no longer follow ours, so only a full copy is right."""
@@ -134,7 +155,8 @@ class SyncLoop:
     # -- the background thread -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Sync every ``interval_s`` in a daemon thread until :meth:`stop`."""
+        """Sync in a daemon thread until :meth:`stop`: as soon as training changed the parameter
+        server (long-poll), at most every ``min_interval_s``, at least every ``interval_s``."""
         self._thread = threading.Thread(target=self._run, name="serving-sync", daemon=True)
         self._thread.start()
 
@@ -144,13 +166,17 @@ class SyncLoop:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        pause = self.min_interval_s
+        while not self._stop.wait(pause):
+            started = time.monotonic()
             try:
-                self.sync_once()
+                self.sync_once(wait_s=self.interval_s)
+                pause = self.min_interval_s - (time.monotonic() - started)
             except (OSError, ValueError, RtrecError, redis.RedisError):
                 self.metrics.sync_errors.inc()
                 log.exception("sync failed at version %s (last success %.1f s ago); serving the old state",
                               self.mirror.version, time.time() - self.synced_at if self.synced_at else -1)
+                pause = self.interval_s
 
     # -- steps ---------------------------------------------------------------------------------
 

@@ -88,9 +88,10 @@ def test_truncated_frame_gets_an_error_reply(server: ServerThread) -> None:
     frame(Op.PUSH, {"ts": "yesterday"}, {"ids": np.arange(1, dtype=np.uint64),
                                          "grads": np.ones((1, 16), np.float32)}),  # bad ts
     frame(Op.DELTA, {"since": "x"}),
+    frame(Op.DELTA, {"since": 0, "wait_ms": 10**9}),                              # wait too long
     frame(Op.PULL_DENSE, {"names": ["nope"]}),                                    # unknown tensor
     frame(Op.OK),                                                                 # a reply code as request
-], ids=["dtype", "missing", "shape", "ts", "since", "dense", "reply-op"])
+], ids=["dtype", "missing", "shape", "ts", "since", "wait", "dense", "reply-op"])
 def test_invalid_requests_get_an_error_reply_on_a_connection_that_stays_usable(server: ServerThread, bad: bytes) -> None:
     with socket.create_connection((server.host, server.port), timeout=5) as sock:
         for _ in range(2):  # the same connection answers again after an error

@@ -34,7 +34,7 @@ def api_schema(redis_url: str) -> Iterator[schemathesis.BaseSchema]:
     client = redis.Redis.from_url(redis_url)
     config = write_features(client, trained.events, f"fuzz{uuid.uuid4().hex[:8]}:")
     sent: list[dict] = []
-    serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_every=1,
+    serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_interval_s=0,
                             send_impression=sent.append)
     serving.sync.sync_once()
     yield schemathesis.openapi.from_asgi("/openapi.json", create_app(serving))

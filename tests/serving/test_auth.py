@@ -37,7 +37,7 @@ def served(redis_url: str) -> Iterator[tuple[Serving, str]]:
     trained = make_trained()
     client = redis.Redis.from_url(redis_url)
     config = write_features(client, trained.events, f"t{uuid.uuid4().hex[:8]}:")
-    serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_every=1)
+    serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_interval_s=0)
     serving.sync.sync_once()
     clicks = [e.user_id for e in trained.events if e.action == "click"]
     yield serving, max(set(clicks), key=clicks.count)

@@ -50,7 +50,7 @@ def _env(redis_url: str) -> Iterator[Env]:
     writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
     write(writer, trained.events)
     sent: list[dict] = []
-    serving = build_serving(trained.store, reader, CollectorRegistry(), dense_every=1, send_impression=sent.append)
+    serving = build_serving(trained.store, reader, CollectorRegistry(), dense_interval_s=0, send_impression=sent.append)
     serving.sync.sync_once()
     with TestClient(create_app(serving)) as http:
         yield Env(trained, serving, http, writer, reader, sent)
@@ -252,7 +252,7 @@ def test_swaps_during_concurrent_requests_never_error(env: Env) -> None:
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
-    for round_ in range(6):  # every sync pulls dense weights (dense_every=1): model and index swaps
+    for round_ in range(6):  # every sync pulls dense weights (dense_interval_s=0): model and index swaps
         train(env.trained.trainer, clicks_of(users[round_], [f"i{round_}", f"i{round_ + 1}"] * 3, T0 + 800 + round_))
         env.serving.sync.sync_once()
     done.set()

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from features.reader import FeatureReader
 from serving.api import create_app
 from serving.main import build_serving
+from serving.ranking import Ask, RankingConfig
 from serving_fixtures import make_trained, write_features
 
 pytestmark = pytest.mark.integration
@@ -25,7 +26,7 @@ def app(redis_url: str) -> Iterator[tuple[TestClient, str]]:
     trained = make_trained()
     client = redis.Redis.from_url(redis_url)
     config = write_features(client, trained.events, f"t{uuid.uuid4().hex[:8]}:")
-    serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_every=1,
+    serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_interval_s=0,
                             send_impression=lambda _: None)
     serving.sync.sync_once()
     clicks = [e.user_id for e in trained.events if e.action == "click"]
@@ -67,3 +68,25 @@ def test_the_default_response_has_no_explain(app: tuple[TestClient, str]) -> Non
     http, user = app
     for body in ({"user_id": user, "k": 5}, {"user_id": user, "k": 5, "explain": False}):
         assert set(post(http, body)) == {"request_id", "model_version", "items"}
+
+
+def test_the_covisited_items_are_ranked_beside_what_the_user_vector_retrieved(redis_url: str) -> None:
+    trained = make_trained()
+    client = redis.Redis.from_url(redis_url)
+    reader = FeatureReader(client, write_features(client, trained.events, f"t{uuid.uuid4().hex[:8]}:"))
+    clicks = [e.user_id for e in trained.events if e.action == "click"]
+    user = max(set(clicks), key=clicks.count)
+    covisited = reader.recall_many([user], top=5)[0].covisited
+    assert len(covisited) == 5, "the stream must co-visit the user's items"
+    ranked = {}
+    for channel in (0, 5):
+        serving = build_serving(trained.store, reader, CollectorRegistry(), dense_interval_s=0,
+                                send_impression=lambda _: None, ranking=RankingConfig(ranked=1, covisited=channel))
+        serving.sync.sync_once()
+        why = serving.recommender.recommend_many([Ask(user, 3, explain=True)])[0].explain
+        assert why is not None and set(why["ranked"]) <= set(why["retrieved"])
+        ranked[channel] = why["ranked"]
+    # by the head's order: the user vector's best item, then the co-visited ones not already it
+    (best,) = ranked[0]
+    assert sorted(ranked[5]) == sorted({best, *covisited})
+    client.close()

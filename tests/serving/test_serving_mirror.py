@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any, Callable
+
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from param_server.client import ParamServerClient
+from param_server.server import ServerThread
 from param_server.store import ParamStore
 from rtrec.recipe.model import REALTIME_FEATURES
 from param_server.table import TableDelta
@@ -96,7 +101,7 @@ def test_serving_fast_paths_equal_the_scorer(trained: Trained) -> None:
     from rtrec.recipe.examples import ExampleBatch
     from rtrec.recipe.trainer import Scorer
 
-    serving = build_serving(trained.store, None, CollectorRegistry(), dense_every=1)
+    serving = build_serving(trained.store, None, CollectorRegistry(), dense_interval_s=0)
     serving.sync.sync_once()
     model = serving.sync.holder.current
     reference = Scorer(trained.store, model.model, model.scorer.slots)
@@ -117,7 +122,7 @@ def test_a_shard_restarted_from_its_snapshot_is_copied_whole(trained: Trained) -
     """After a restart the shard's rows are the snapshot's again and its versions restart there:
     an incremental delta would keep rows the shard no longer has."""
     store = trained.store
-    serving = build_serving(store, None, CollectorRegistry(), dense_every=1)
+    serving = build_serving(store, None, CollectorRegistry(), dense_interval_s=0)
     serving.sync.sync_once()
     arrays, meta = store.export_state()  # the snapshot
     items = next(iter(t for n, t in store.tables.items() if n == "item_id")).delta(0).ids[:20]
@@ -129,3 +134,44 @@ def test_a_shard_restarted_from_its_snapshot_is_copied_whole(trained: Trained) -
     serving.sync.params = restored  # the same address, a new process
     serving.sync.sync_once()
     assert_mirror_equals_store(serving.sync.mirror, restored)
+
+
+def test_the_sync_thread_applies_a_push_as_it_lands_not_on_its_timer(trained: Trained) -> None:
+    """Serving long-polls the shard: with a 5 s sync interval a push shows in the mirror well
+    within a second; syncs stay ``min_interval_s`` apart while nothing changes."""
+    with ServerThread(trained.store) as shard, ParamServerClient(shard.host, shard.port) as poller, \
+            ParamServerClient(shard.host, shard.port) as worker:
+        serving = build_serving(poller, None, CollectorRegistry(), sync_interval_s=5.0, min_sync_interval_s=0.1)
+        serving.sync.sync_once()
+        serving.sync.start()
+        try:
+            time.sleep(0.5)  # the thread is long-polling now
+            items = on_loop(shard, lambda: trained.store.tables["item_id"].delta(0).ids[:5])
+            pushed = time.monotonic()
+            worker.push_many(items, np.ones((items.size, 32), dtype=np.float32), ts=T0 + 10**6)
+            expected = on_loop(shard, lambda: trained.store.pull_many(items))
+            while not np.array_equal(serving.sync.mirror.pull_many(items), expected):
+                assert time.monotonic() - pushed < 1.5, "the push did not reach the mirror"
+                time.sleep(0.01)
+        finally:
+            serving.sync.stop()
+        assert serving.sync.syncs <= 4  # the first, maybe one racing the push, the push's: no busy loop
+
+
+def test_dense_weights_are_pulled_every_dense_interval_of_the_sync_clock(trained: Trained) -> None:
+    now = [0.0]
+    serving = build_serving(trained.store, None, CollectorRegistry(), dense_interval_s=10.0)
+    serving.sync.clock = lambda: now[0]
+    pulled = []
+    load = serving.sync._load_dense
+    serving.sync._load_dense = lambda: pulled.append(now[0]) or load()  # type: ignore[method-assign]
+    for now[0] in (0.0, 4.0, 9.9, 10.0, 15.0, 20.5, 21.0):
+        serving.sync.sync_once()
+    assert pulled == [0.0, 10.0, 20.5]
+
+
+def on_loop(shard: ServerThread, fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on the shard's event loop (the store is not thread-safe)."""
+    async def run() -> Any:
+        return fn()
+    return shard.call(run)
