@@ -41,8 +41,9 @@ Every counted miss is put where the item was lost, following a request through s
 (``serving/ranking.py``) and using serving's ``explain`` answer: ``served_cold_start`` (the user
 has no row in serving yet, the list is trending/popular), ``lost_not_indexed`` (``GET
 /embeddings/item/{id}`` is 404: no row for the item in serving), ``lost_not_retrieved`` (not among
-the candidates FAISS handed to the ranking head, its best ``RTREC_SERVING_RANKED``; of those,
-``not_retrieved_beyond_ranked_cut`` FAISS did return, below that cut), ``lost_ranked_below_k``
+the candidates handed to the ranking head: FAISS's best ``RTREC_SERVING_RANKED`` and the
+co-visitation channel's ``RTREC_SERVING_COVISITED``; of those, ``not_retrieved_beyond_ranked_cut``
+FAISS did return, below its cut), ``lost_ranked_below_k``
 (scored by the head, but not in its top k) and ``lost_to_rules`` (in the head's top k, dropped by
 exclusion, the category cap or exploration slots). Beside them, for diagnosis: ``model_served``
 (counted asks not answered with the cold-start list) with the live and the popularity HR@10 on
@@ -194,8 +195,8 @@ def counted(outcomes: Sequence["Outcome"], sent: int, warmup_share: float = WARM
 def loss_of(rank: float, explain: dict | None, indexed: bool | None, target: str, k: int = K) -> str | None:
     """Where a missed item was lost (None for a hit), from serving's explain answer.
 
-    In request order: the user got the cold-start list; the item has no row in serving; FAISS did
-    not hand it to the ranking head; the head scored it below its top k; the rules dropped it.
+    In request order: the user got the cold-start list; the item has no row in serving; neither
+    retrieval channel (FAISS, co-visitation) handed it to the ranking head; the head scored it below its top k; the rules dropped it.
 
     >>> loss_of(math.inf, {"cold_start": False, "ranked": ["x", "t"]}, True, "t", k=1)
     'lost_ranked_below_k'
