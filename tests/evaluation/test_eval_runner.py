@@ -9,6 +9,7 @@ from evaluation.batches import micro_batches
 from evaluation.config import VARIANTS, EvalConfig
 from evaluation.runner import arrival_times, run_prequential
 from rtrec.events import Event
+from rtrec.settings import load_settings
 
 
 def _synthetic(n_events: int = 600, seed: int = 3) -> list[Event]:
@@ -57,7 +58,9 @@ def test_every_variant_runs_and_the_same_seed_gives_the_same_figures() -> None:
     assert set(first.summary()) == set(VARIANTS)
     assert first.summary() == second.summary()
     assert first.evaluated + first.repeats_skipped == 540
-    assert first.batches == len(micro_batches(arrival_times(events, 50.0), 0.2, 1000))  # ~11 events each
+    settings = load_settings()
+    within, size = settings.worker_batch_within_s, settings.worker_batch_size
+    assert first.batches == len(micro_batches(arrival_times(events, 50.0), within, size))  # the worker's batches
 
 
 @pytest.mark.integration

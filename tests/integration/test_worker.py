@@ -107,9 +107,14 @@ def test_valid_events_reach_features_and_invalid_ones_the_dlq_with_their_reason(
         for n, raw in enumerate(bad):
             producer.send_raw(f"bad{n}", raw)
     reader = FeatureReader(redis.Redis.from_url(pipeline.redis_url))
-    wait_until(lambda: reader.users([f"{run}-u0"])[0]["counts"].get("click_24h") == 5, what="features")
+
+    def counted() -> list[tuple[int, int]]:
+        return [(u["counts"].get("impression_24h", 0), u["counts"].get("click_24h", 0))
+                for u in reader.users([f"{run}-u{u}" for u in range(6)])]
+
+    # the events span several micro-batches: wait for every user's (a count past it times out too)
+    wait_until(lambda: counted() == [(10, 5)] * 6, what="features")
     users = reader.users([f"{run}-u{u}" for u in range(6)])
-    assert all(u["counts"]["impression_24h"] == 10 and u["counts"]["click_24h"] == 5 for u in users)
     assert users[0]["recent_items"][:2] == [f"{run}-item8", f"{run}-item6"]
     dead = consume_all(pipeline.kafka, pipeline.dlq, 3)
     assert sorted(d["reason"].split(":")[0] for d in dead) == ["missing field", "not JSON", "not UTF-8"]
