@@ -185,6 +185,9 @@ def test_a_component_that_keeps_dying_stops_the_stack_naming_it(up: RtrecUp):
     first = up.kill("rtrec.cli simulate")
     wait_until(lambda: up.restarts("simulate") == 1, 30, "the simulator's restart")
     wait_until(lambda: answers(up.metrics["rtrec-simulator"]), 60, "the simulator's metrics at the same URL")
+    # the restart is over only when the supervisor says so (it polls for the metrics port, so it
+    # may see it open after the test does): killed before, the death reads "did not come back"
+    wait_until(lambda: "simulate is running again" in up.stderr(), 60, "the supervisor to finish the restart")
     assert up.component_pid("rtrec.cli simulate") not in (None, first)
     up.kill("rtrec.cli simulate")
     assert up.proc.wait(timeout=60) == 1
