@@ -196,7 +196,8 @@ def loss_of(rank: float, explain: dict | None, indexed: bool | None, target: str
     """Where a missed item was lost (None for a hit), from serving's explain answer.
 
     In request order: the user got the cold-start list; the item has no row in serving; neither
-    retrieval channel (FAISS, co-visitation) handed it to the ranking head; the head scored it below its top k; the rules dropped it.
+    retrieval channel (FAISS, co-visitation) handed it to the ranking head; the head scored it
+    below its top k; the rules dropped it.
 
     >>> loss_of(math.inf, {"cold_start": False, "ranked": ["x", "t"]}, True, "t", k=1)
     'lost_ranked_below_k'

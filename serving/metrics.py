@@ -29,7 +29,8 @@ class ServingMetrics:
         self.sync_errors = Counter(f"{p}_sync_errors", "Syncs that failed (kept serving the old state).",
                                    registry=registry)
         self.sync_seconds = Histogram(f"{p}_sync_duration_seconds",
-                                      "Time of one sync after its delta arrived (not the long-poll wait).", registry=registry,
+                                      "Time of one sync after its delta arrived (not the long-poll wait).",
+                                      registry=registry,
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
         self.index_rebuild_seconds = Histogram(
             f"{p}_index_rebuild_duration_seconds",

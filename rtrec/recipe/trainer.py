@@ -254,7 +254,8 @@ class Scorer:
             fields, _, _ = self._fields(batch, requires_grad=False)
             dense = _dense(batch, self.model.config.n_dense)
             out = self.model(fields, dense)
-            return torch.sigmoid(self.model.ranking_logit(out.logits, out.user_vectors, out.item_vectors, dense)).numpy()
+            score = self.model.ranking_logit(out.logits, out.user_vectors, out.item_vectors, dense)
+            return torch.sigmoid(score).numpy()
 
     def embed_users(self, users: Sequence[object], recent: Sequence[Sequence[str]] | None = None,
                     contexts: Sequence[Mapping[str, object] | None] | None = None) -> np.ndarray:
