@@ -36,8 +36,8 @@ class EvalConfig:
             syncs and the ``batch`` refreshes all run on this arrival clock; events keep their own
             ``ts`` (features, windows and expiry use it). At event time a sparse log (ml-100k: one
             rating per ~3 minutes) gives ~one event per micro-batch (49,282 training steps for
-            ml-100k, about an hour here); at 200/s a micro-batch holds ~20 events
-            (``worker_batch_within_s``, 0.1 s).
+            ml-100k, about an hour here); at 200/s a micro-batch holds ~40 events
+            (``worker_batch_within_s``, 0.2 s).
         sync_every_s: arrival seconds between serving syncs of ``model`` and ``hashed``
             (None: ``settings.sync_interval_s``, as live).
         batch_refresh_s: the ``batch`` variant's serving syncs only when arrival time crosses a

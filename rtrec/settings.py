@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     worker_group: str = Field("rtrec-worker", description="Kafka consumer group (Faust app id) of the workers.")
     worker_batch_size: int = Field(1000, ge=1, description="Most events per micro-batch.")
     worker_batch_within_s: float = Field(
-        0.1, gt=0, description="Longest wait to fill a micro-batch (bounds how long an event waits before its "
+        0.2, gt=0, description="Longest wait to fill a micro-batch (bounds how long an event waits before its "
                                "features are applied).")
     join_window_s: float = Field(60.0, gt=0, description="Event seconds an impression waits for an action.")
     max_event_ahead_s: float = Field(

@@ -76,6 +76,10 @@ def test_a_users_clicks_reach_their_recommendations_and_served_lists_come_back_a
 
         # trained (alice admitted: seen in two batches), then synced into serving
         wait_for(lambda: http.get(f"/embeddings/user/{alice}").status_code == 200, 60, "alice's row in serving")
+        # serving syncs as the training push lands, which can be before the same batch's feature
+        # write (they overlap in the worker): her clicks block items once they are in Redis
+        wait_for(lambda: set(clicked) <= set(http.get(f"/features/user/{alice}").json()["recent_items"]), 30,
+                 "alice's clicks in her recent items")
         body = http.post("/recommend", json={"user_id": alice, "k": 5}).json()
         cold = http.post("/recommend", json={"user_id": f"{run}-nobody", "k": 5}).json()
         names = [it["item_id"] for it in body["items"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 
 import numpy as np
@@ -58,6 +59,18 @@ def rows_trained(client: ParamServerClient, ids: np.ndarray) -> bool:
     return bool(np.all(np.abs(client.pull_many(ids)).sum(axis=1) > 0))
 
 
+def quiet_snapshot(client: ParamServerClient) -> dict:
+    """Snapshot the shard and return its stats as of that snapshot: taken again until no push
+    landed between the stats before and after it (the worker may still be training)."""
+    while True:
+        version = client.stats()["version"]
+        client.snapshot()
+        stats = client.stats()
+        if stats["version"] == version:
+            return stats
+        time.sleep(0.2)
+
+
 def test_a_killed_shard_restores_its_snapshot_and_the_worker_retrains_what_came_after(pipeline: Pipeline) -> None:
     before, after, trigger = (uuid.uuid4().hex[:6] for _ in range(3))
     items_before = feature_ids(ITEM_SLOT, [f"{before}-item{k}" for k in range(0, 10, 2)])
@@ -66,8 +79,7 @@ def test_a_killed_shard_restores_its_snapshot_and_the_worker_retrains_what_came_
         producer.send_many(traffic(before))
     with client_of(pipeline) as client:
         wait_until(lambda: rows_trained(client, items_before), what="rows of the first traffic")
-        client.snapshot()
-        snapshot = client.stats()
+        snapshot = quiet_snapshot(client)
     with EventProducer(pipeline.kafka, pipeline.topic) as producer:
         producer.send_many(traffic(after))
     with client_of(pipeline) as client:
