@@ -12,7 +12,7 @@ for n, user in ipairs(cjson.decode(ARGV[4])) do
   local recent = redis.call('LRANGE', p .. 'recent:' .. user, 0, -1)
   local blocked, sums, found = {}, {}, {}
   for _, h in ipairs(recent) do blocked[h] = true end
-  for k = 1, math.min(query, #recent) do
+  for k = 1, (top > 0 and math.min(query, #recent) or 0) do  -- the channel off: recent items only
     local rows = redis.call('ZRANGE', p .. 'cov:' .. recent[k], 0, -1, 'WITHSCORES')
     for j = 1, #rows, 2 do
       local item = rows[j]

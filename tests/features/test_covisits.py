@@ -14,7 +14,7 @@ import redis
 
 from features import keys
 from features.config import FeatureConfig
-from features.reader import FeatureReader
+from features.reader import FeatureReader, UserRecall
 from features.realtime import read_realtime
 from features.writer import FeatureWriter
 from rtrec.events import Event
@@ -107,4 +107,5 @@ def test_recall_reads_recent_items_and_the_most_covisited_others_in_one_call(sto
     assert list(zip(d.covisited, d.covisit_sums)) == [("y", 2), ("z", 2)]
     assert (new.recent, new.covisited, new.covisit_sums) == ([], [], [])
     assert reader.recall_many(["d"], top=1)[0].covisited == ["y"]
+    assert reader.recall_many(["d"], top=0)[0] == UserRecall(["x", "q"], [], [])
     assert reader.recall_many([], top=5) == []
