@@ -257,3 +257,28 @@ def test_realtime_reads_survive_redis_losing_its_scripts(redis_url: str) -> None
     before = read_realtime_features(reader, ["ann"], ["hot"])
     client.script_flush()  # what a restarted Redis looks like to a reader
     assert read_realtime_features(reader, ["ann"], ["hot"]).tolist() == before.tolist()
+
+
+def test_a_batch_of_realtime_reads_equals_each_read_alone(redis_url: str) -> None:
+    """Serving merges the reads of a batch of requests into one query; every request's rows must
+    be what its own read gives (its user's counts, categories and co-visits, not a neighbour's)."""
+    from features.realtime import read_realtime, read_realtime_many
+
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+    client = redis.Redis.from_url(redis_url)
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    rng = random.Random(5)
+    t = 1_700_000_000.0
+    writer.write_many([Event(f"e{k}", rng.choice(["ann", "bob", "cy"]), f"i{rng.randrange(12)}",
+                             rng.choice(["impression", "impression", "click"]), t + k,
+                             item={"category": f"c{k % 3}"}) for k in range(300)])
+    pairs = [(["ann"], ["i1", "i2", "i3"]), (["bob"], []), (["cy", "ann"], ["i3", "i4"]), (["bob"], ["i1", "nope"])]
+    batch = read_realtime_many(reader, pairs, categories=True)
+    assert len(batch) == len(pairs)
+    for (users, items), got in zip(pairs, batch):
+        alone = read_realtime(reader, users, items, categories=True)
+        np.testing.assert_array_equal(got.dense, alone.dense)
+        np.testing.assert_array_equal(got.item_counts, alone.item_counts)
+        assert got.categories == alone.categories and got.dense.shape == (len(items), alone.dense.shape[1])
+    assert batch[0].dense[:, :5].any()  # the test reads real counts, not only zeros
+    assert not (batch[0].dense == batch[3].dense[:1]).all()  # ann and bob differ on i1
