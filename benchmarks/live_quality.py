@@ -71,8 +71,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import httpx
+import aiohttp
 import numpy as np
+import orjson
 
 from benchmarks.common import report
 from evaluation.baselines import Cooccurrence, Popularity
@@ -94,6 +95,7 @@ MAX_COOCCURRENCE_ITEMS = 8192  # dense float32 table: 256 MiB at most; beyond it
 NEGATIVE_ACTIONS = frozenset({"impression", "skip"})  # not choices of the user (as evaluation/stream.py)
 LOSSES = ("served_cold_start", "lost_not_indexed", "lost_not_retrieved", "lost_ranked_below_k", "lost_to_rules")
 EVAL_TIMEOUT_S = 1800
+JSON = {"content-type": "application/json"}
 
 
 # -- the order a live service sees -------------------------------------------------------------
@@ -289,7 +291,7 @@ class Outcome:
 class LiveRun:
     """Sends the planned events through the stack and asks serving before each; collects outcomes."""
 
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     producer: EventProducer
     run: str
     outcomes: list[Outcome] = field(default_factory=list)
@@ -304,13 +306,15 @@ class LiveRun:
         started = time.perf_counter()
         body, error = None, False
         try:
-            response = await self.http.post("/recommend", json={"user_id": event.user_id, "k": K, "explain": True})
-            if response.status_code == 200:
-                body = response.json()
-            else:
-                self.errors[f"HTTP {response.status_code}"] += 1
-                error = True
-        except httpx.HTTPError as exc:
+            async with self.http.post("/recommend", data=orjson.dumps({"user_id": event.user_id, "k": K,
+                                                                       "explain": True}),
+                                      headers=JSON) as response:
+                if response.status == 200:
+                    body = orjson.loads(await response.read())
+                else:
+                    self.errors[f"HTTP {response.status}"] += 1
+                    error = True
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self.errors[type(exc).__name__] += 1
             error = True
         latency = time.perf_counter() - started
@@ -333,8 +337,10 @@ class LiveRun:
         if not explain or explain.get("cold_start") or item in (explain.get("ranked") or []):
             return None
         try:
-            return (await self.http.get(f"/embeddings/item/{item}")).status_code != 404
-        except httpx.HTTPError:
+            async with self.http.get(f"/embeddings/item/{item}") as response:
+                await response.read()
+                return response.status != 404
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             return None
 
     def _send(self, n: int, event: Planned, hit_body: dict | None) -> float:
@@ -352,11 +358,14 @@ class LiveRun:
 
 async def run_live(info: ReadyInfo, topic: str, plan: list[Planned], args: argparse.Namespace, run: str) -> LiveRun:
     """Dispatch the plan in order at ``args.rate``, keeping each user's events ``args.user_gap`` apart."""
-    limits = httpx.Limits(max_connections=2 * args.concurrency + 2)
+    # aiohttp, not httpx: httpx spends about 3 ms of CPU per request (benchmarks/serving.py), a
+    # third of a core at this rate on the two cores the stack under test also runs on
+    connector = aiohttp.TCPConnector(limit=2 * args.concurrency + 2)
+    timeout = aiohttp.ClientTimeout(total=30)
     slots = asyncio.Semaphore(args.concurrency)
     last: dict[str, asyncio.Task] = {}  # per user: the task of its last event (ask, then send)
     tasks: set[asyncio.Task] = set()
-    async with httpx.AsyncClient(base_url=info.serving, timeout=30, limits=limits) as http:
+    async with aiohttp.ClientSession(info.serving, connector=connector, timeout=timeout) as http:
         with EventProducer(info.kafka, topic) as producer:
             live = LiveRun(http, producer, run)
             due, started, interval = time.monotonic(), time.monotonic(), 1.0 / args.rate
