@@ -22,6 +22,7 @@ import redis
 import redis.asyncio
 
 from features import keys
+from features.ids import distinct
 from features.config import FeatureConfig
 from features.windows import RingLayout
 
@@ -118,11 +119,15 @@ class FeatureReader:
         """The items the user acted on last, newest first (what serving blocks and the user tower reads)."""
         return [r.decode() for r in self.client.lrange(keys.recent(self.config.prefix, user_id), 0, -1)]
 
-    def recent_items_many(self, user_ids: Sequence[str]) -> list[list[str]]:
-        """:meth:`recent_items` of several users in one round trip."""
-        replies = self.run_pipeline(lambda pipe: [pipe.lrange(keys.recent(self.config.prefix, u), 0, -1)
-                                                  for u in user_ids])
-        return [[r.decode() for r in rows] for rows in replies]
+    def recent_items_many(self, user_ids: Sequence[str], limit: int | None = None) -> list[list[str]]:
+        """:meth:`recent_items` of several users (at most the newest ``limit`` each) in one round
+        trip; a user named several times is read once."""
+        users, row = distinct(list(user_ids))
+        last = -1 if limit is None else limit - 1
+        replies = self.run_pipeline(lambda pipe: [pipe.lrange(keys.recent(self.config.prefix, u), 0, last)
+                                                  for u in users]) if limit != 0 else [[] for _ in users]
+        lists = [[r.decode() for r in rows] for rows in replies]
+        return [list(lists[r]) for r in row.tolist()]
 
     async def recent_items_many_async(self, user_ids: Sequence[str]) -> list[list[str]]:
         """:meth:`recent_items_many` without blocking the event loop (with an ``async_client``)."""

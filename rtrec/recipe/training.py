@@ -166,7 +166,7 @@ class TrainingStep:
     def _recent(self, users: list[str]) -> list[list[str]]:
         if self.reader is None:
             return self.recent.lookup_many(users)
-        return [r[:RECENT_FOR_TOWER] for r in self.reader.recent_items_many(users)]
+        return self.reader.recent_items_many(users, limit=RECENT_FOR_TOWER)
 
     def _dense(self, users: list[str], items: list[str]) -> np.ndarray | None:
         if self.reader is None:

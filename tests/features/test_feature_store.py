@@ -282,3 +282,13 @@ def test_a_batch_of_realtime_reads_equals_each_read_alone(redis_url: str) -> Non
         assert got.categories == alone.categories and got.dense.shape == (len(items), alone.dense.shape[1])
     assert batch[0].dense[:, :5].any()  # the test reads real counts, not only zeros
     assert not (batch[0].dense == batch[3].dense[:1]).all()  # ann and bob differ on i1
+
+
+def test_recent_items_of_many_users_keep_order_and_limit(store) -> None:
+    writer, reader, _ = store
+    t = 1_700_000_000.0
+    writer.write_many([Event(f"r{k}", "ann", f"i{k}", "click", t + k) for k in range(4)]
+                      + [Event("b0", "bob", "j0", "click", t)])
+    assert reader.recent_items_many(["ann", "nobody", "bob", "ann"], limit=2) == [["i3", "i2"], [], ["j0"], ["i3", "i2"]]
+    assert reader.recent_items_many(["bob", "ann"]) == [["j0"], ["i3", "i2", "i1", "i0"]]
+    assert reader.recent_items_many(["ann"], limit=0) == [[]]
