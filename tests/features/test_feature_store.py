@@ -292,3 +292,18 @@ def test_recent_items_of_many_users_keep_order_and_limit(store) -> None:
     assert reader.recent_items_many(["ann", "nobody", "bob", "ann"], limit=2) == [["i3", "i2"], [], ["j0"], ["i3", "i2"]]
     assert reader.recent_items_many(["bob", "ann"]) == [["j0"], ["i3", "i2", "i1", "i0"]]
     assert reader.recent_items_many(["ann"], limit=0) == [[]]
+
+
+def test_non_ascii_ids_and_categories_round_trip_through_the_store(redis_url: str) -> None:
+    from features.realtime import ITEM_COUNTS, read_realtime
+
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+    client = redis.Redis.from_url(redis_url)
+    writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
+    t = 1_700_000_000.0
+    writer.write_many([Event("n0", "zoë", "café-☕", "impression", t, item={"category": "boissons é"}),
+                       Event("n1", "zoë", "café-☕", "click", t + 1)])
+    assert reader.recent_items("zoë") == ["café-☕"]
+    reads = read_realtime(reader, ["zoë"], ["café-☕"], categories=True)
+    assert reads.categories == ["boissons é"]
+    assert reads.item_counts[0, ITEM_COUNTS.index("click_1h")] == 1
