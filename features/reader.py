@@ -22,8 +22,8 @@ import redis
 import redis.asyncio
 
 from features import keys
-from features.ids import distinct
 from features.config import FeatureConfig
+from features.ids import distinct
 from features.windows import RingLayout
 
 COVISITS_SCRIPT = resources.files("features").joinpath("covisits.lua").read_text()
