@@ -252,7 +252,7 @@ class SyncLoop:
         for lo in range(0, fids.size, EMBED_CHUNK):
             chunk = fids[lo:lo + EMBED_CHUNK]
             vectors[lo:lo + chunk.size] = self.holder.current.item_vectors(chunk, self.catalog.categories(chunk))
-        fresh = ItemIndex.build(self.index.dim, as_faiss_ids(fids), vectors, self.index.plan)
+        fresh = ItemIndex.build(self.index.dim, as_faiss_ids(fids), vectors, self.index.plan, previous=self.index)
         self.index.swap_from(fresh)
         seconds = time.perf_counter() - started
         self.metrics.index_rebuild_seconds.observe(seconds)

@@ -63,3 +63,19 @@ def test_a_rebuild_is_due_when_the_catalogue_outgrows_its_index() -> None:
     assert not ivf.wants_rebuild()
     ivf.upsert(np.arange(6_000, 30_000), unit_vectors(24_000, 8, 10))
     assert ivf.wants_rebuild()  # 5 times the items it was trained with
+
+
+def test_a_rebuild_starts_k_means_from_the_old_centroids_and_keeps_recall() -> None:
+    items, users = tower_vectors(20_000, 200, seed=11)
+    ids, plan = np.arange(items.shape[0]), IndexPlan(ivf_min_items=10_000)
+    old = ItemIndex.build(items.shape[1], ids, items, plan)
+    frozen = ItemIndex.build(items.shape[1], ids, items, IndexPlan(ivf_min_items=10_000, warm_iterations=0),
+                             previous=old)
+    np.testing.assert_allclose(frozen.centroids(), old.centroids(), atol=1e-6)  # no iteration: the old lists
+    drifted = items + np.random.default_rng(12).normal(0, 0.02, items.shape).astype(np.float32)
+    drifted /= np.linalg.norm(drifted, axis=1, keepdims=True)  # a dense sync moves every vector a little
+    warm = ItemIndex.build(items.shape[1], ids, drifted, plan, previous=old)
+    cold = ItemIndex.build(items.shape[1], ids, drifted, plan)
+    assert not np.array_equal(warm.centroids(), old.centroids())  # it did iterate
+    assert recall_at(warm, ids, drifted, users, 50) >= min(0.95, recall_at(cold, ids, drifted, users, 50) - 0.01)
+    assert ItemIndex(8).centroids() is None
