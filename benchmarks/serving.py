@@ -16,15 +16,20 @@ used in turn.
 Then the knee: offered rates stepped 300 -> 600 -> 1,000 -> 1,500 requests/s (``--knee-duration``
 s each) until one has p99 above 25 ms or any error; ``knee_qps`` is the last that held, for
 /recommend, and ``bare_knee_qps`` for /healthz of the same processes (``knee_ratio`` the first
-over the second). ``dense_sync_ms``: serving's mean time to re-embed every item and rebuild the
-index (``rtrec_serving_index_rebuild_duration_seconds``), which follows each new dense version.
+over the second). Dense weights change during the /recommend run as they do under training: a
+thread pushes the initial weights with 5 % noise every ``--dense-push-s`` seconds (10), and serving
+pulls them on its own cadence (``RTREC_DENSE_SYNC_INTERVAL_S``), re-embeds every item and rebuilds
+the index, so the latencies include those rebuilds. ``dense_sync_ms``: serving's mean time per
+such rebuild during the run (``rtrec_serving_index_rebuild_duration_seconds``, ``dense_syncs`` of
+them over all processes); ``first_index_build_ms``: the mean of the start-up builds before it.
 ``cpu_ms_per_request``: CPU seconds serving's processes (and their children: the impression
 senders) used during the /recommend run, per answered request: the cost a busy shared machine
 cannot hide in its latencies.
 
 Run: ``python -m benchmarks.serving [--rate 300 --duration 30 --processes 2 --ranked 50]``; the
 last line is JSON with ``items, offered_qps, achieved_qps, p50_ms, p99_ms, errors, bare_p99_ms,
-p99_ratio, processes, ranked, cpu_ms_per_request, knee_qps, bare_knee_qps, knee_ratio, dense_sync_ms``.
+p99_ratio, processes, ranked, cpu_ms_per_request, knee_qps, bare_knee_qps, knee_ratio, dense_sync_ms,
+dense_syncs, first_index_build_ms``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -102,6 +108,35 @@ def populate_params(addr: str) -> None:
                 client.push_many(chunk, np.zeros((chunk.size, DEFAULT_TABLES[0].dim), dtype=np.float32), ts=now)
         client.push_dense(RecModel().dense_arrays())
         print(f"parameter server: {client.stats()['tables']}", file=sys.stderr)
+
+
+class DensePusher:
+    """Pushes the initial dense weights with fresh 5 % noise every ``every_s`` seconds while running
+    (what a trainer's dense syncs look like to serving: a new version, every weight moved a little)."""
+
+    def __init__(self, addr: str, every_s: float) -> None:
+        host, port = addr.rsplit(":", 1)
+        self.client, self.every_s = ParamServerClient(host, int(port)), every_s
+        self.base = RecModel().dense_arrays()
+        self.stop = threading.Event()
+        self.pushes = 0
+        self.thread = threading.Thread(target=self._run, name="dense-pusher", daemon=True)
+
+    def __enter__(self) -> "DensePusher":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.client.close()
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(1)
+        while not self.stop.wait(self.every_s):
+            self.client.push_dense({k: (v * (1 + 0.05 * rng.standard_normal(v.shape))).astype(np.float32)
+                                    for k, v in self.base.items()})
+            self.pushes += 1
 
 
 def populate_features(redis_url: str, rng: np.random.Generator) -> None:
@@ -275,6 +310,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="serving processes (rtrec serve --processes; default 2)")
     parser.add_argument("--ranked", type=int, default=None,
                         help="candidates ranked per request (RTREC_SERVING_RANKED; default the setting's)")
+    parser.add_argument("--dense-push-s", type=float, default=10.0,
+                        help="seconds between new dense weights pushed during the /recommend run (default 10)")
     parser.add_argument("--knee-duration", type=float, default=10.0,
                         help="seconds per step of the knee search (default 10; 0 = no knee search)")
     args = parser.parse_args()
@@ -316,13 +353,19 @@ def main() -> None:
         bare = _load(f"{base}/healthz", args.rate, args.duration, "get")
         print(f"/healthz:   {bare}", file=sys.stderr)
         cpu_before = _cpu_seconds(server.pid)
-        rec = _load(f"{base}/recommend", args.rate, args.duration, "post")
+        before = scrape(served["metrics"])
+        with DensePusher(ready["param_server"], args.dense_push_s) as pusher:
+            rec = _load(f"{base}/recommend", args.rate, args.duration, "post")
+        during = scrape(served["metrics"])
         cpu_ms = 1000 * (_cpu_seconds(server.pid) - cpu_before) / max(1, rec["requests"] - rec["errors"])
-        print(f"/recommend: {rec}; serving CPU {cpu_ms:.2f} ms per request", file=sys.stderr)
+        print(f"/recommend: {rec}; serving CPU {cpu_ms:.2f} ms per request; {pusher.pushes} dense pushes",
+              file=sys.stderr)
         bare_knee = _knee(f"{base}/healthz", "get", args.knee_duration)
         knee = _knee(f"{base}/recommend", "post", args.knee_duration)
-        metrics = scrape(served["metrics"])
-        rebuilds = metrics.get("rtrec_serving_index_rebuild_duration_seconds_count", 0.0)
+        rebuild = "rtrec_serving_index_rebuild_duration_seconds"
+        first_builds, first_sum = before.get(f"{rebuild}_count", 0.0), before.get(f"{rebuild}_sum", 0.0)
+        rebuilds = during.get(f"{rebuild}_count", 0.0) - first_builds
+        rebuild_s = during.get(f"{rebuild}_sum", 0.0) - first_sum
         report("serving", {
             "items": int(indexed), "users": USERS, "offered_qps": rec["offered_qps"],
             "achieved_qps": rec["achieved_qps"], "p50_ms": rec["p50_ms"], "p99_ms": rec["p99_ms"],
@@ -333,8 +376,9 @@ def main() -> None:
             "cpu_ms_per_request": round(cpu_ms, 2),
             "knee_qps": knee, "bare_knee_qps": bare_knee,
             "knee_ratio": round(knee / bare_knee, 3) if knee and bare_knee else None,
-            "dense_sync_ms": round(1000 * metrics["rtrec_serving_index_rebuild_duration_seconds_sum"] / rebuilds, 1)
-            if rebuilds else None,
+            "dense_sync_ms": round(1000 * rebuild_s / rebuilds, 1) if rebuilds else None,
+            "dense_syncs": int(rebuilds),
+            "first_index_build_ms": round(1000 * first_sum / first_builds, 1) if first_builds else None,
         })
     finally:
         for proc in reversed(procs):
