@@ -123,17 +123,24 @@ class FeatureReader:
         """:meth:`recent_items` of several users (at most the newest ``limit`` each) in one round
         trip; a user named several times is read once."""
         users, row = distinct(list(user_ids))
-        last = -1 if limit is None else limit - 1
-        replies = self.run_pipeline(lambda pipe: [pipe.lrange(keys.recent(self.config.prefix, u), 0, last)
-                                                  for u in users]) if limit != 0 else [[] for _ in users]
-        lists = [[r.decode() for r in rows] for rows in replies]
-        return [list(lists[r]) for r in row.tolist()]
+        replies = self.run_pipeline(self._queue_recent(users, limit)) if users and limit != 0 else []
+        return _recent_lists(replies, users, row)
 
-    async def recent_items_many_async(self, user_ids: Sequence[str]) -> list[list[str]]:
+    async def recent_items_many_async(self, user_ids: Sequence[str], limit: int | None = None) -> list[list[str]]:
         """:meth:`recent_items_many` without blocking the event loop (with an ``async_client``)."""
-        replies = await self.run_pipeline_async(lambda pipe: [pipe.lrange(keys.recent(self.config.prefix, u), 0, -1)
-                                                              for u in user_ids])
-        return [[r.decode() for r in rows] for rows in replies]
+        users, row = distinct(list(user_ids))
+        replies = await self.run_pipeline_async(self._queue_recent(users, limit)) if users and limit != 0 else []
+        return _recent_lists(replies, users, row)
+
+    def _queue_recent(self, users: Sequence[str], limit: int | None) -> Callable[[Any], None]:
+        """What queues one LRANGE of each user's newest ``limit`` recent items (all with None)."""
+        last = -1 if limit is None else limit - 1
+        prefix = self.config.prefix
+
+        def queue(pipe: Any) -> None:
+            for u in users:
+                pipe.lrange(keys.recent(prefix, u), 0, last)
+        return queue
 
     def recall_many(self, user_ids: Sequence[str], top: int) -> list[UserRecall]:
         """Each user's recent items and their ``top`` most co-visited items not among them (summed
@@ -347,3 +354,9 @@ class RingRead:
         for col, (action, window) in enumerate(self.names):
             out[:, col] = sums[window][:, self.actions.index(action)]
         return out
+
+
+def _recent_lists(replies: Sequence[Sequence[bytes]], users: Sequence[str], row: np.ndarray) -> list[list[str]]:
+    """Per requested user (``row`` into ``users``), its decoded recent items; no replies: all empty."""
+    lists = [[r.decode() for r in rows] for rows in replies] or [[] for _ in users]
+    return [list(lists[r]) for r in row.tolist()]

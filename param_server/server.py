@@ -5,8 +5,9 @@ is numpy, so there is nothing to gain from threads); a snapshot copies the state
 writes the file in a worker thread. A DELTA may long-poll (``wait_ms``): when nothing changed
 since its version it waits, without holding the loop, until a request changes the store or the
 wait ends, so serving learns of a training step as it lands instead of on its next timer tick.
-Every request is validated; a bad one gets an error reply and the server keeps serving. A frame whose header cannot be trusted (bad magic, oversized,
-truncated) also closes that connection, since the byte stream can no longer be followed.
+Every request is validated; a bad one gets an error reply and the server keeps serving. A frame
+whose header cannot be trusted (bad magic, oversized, truncated) also closes that connection,
+since the byte stream can no longer be followed.
 
 >>> import asyncio
 >>> from param_server.client import ParamServerClient

@@ -198,7 +198,7 @@ class Recommender:
         """:meth:`score` that leaves the event loop free while Redis answers."""
         if not item_ids:
             return np.empty(0, dtype=np.float32)
-        recent = (await self.reader.recent_items_many_async([user_id]))[0][:RECENT_FOR_TOWER]
+        recent = (await self.reader.recent_items_many_async([user_id], limit=RECENT_FOR_TOWER))[0]
         reads = await read_realtime_async(self.reader, [user_id], list(item_ids), categories=True)
         return self._score(user_id, recent, item_ids, context, reads)
 
