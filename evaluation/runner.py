@@ -103,7 +103,8 @@ def run_prequential(events: Sequence[Event], config: EvalConfig = EvalConfig(), 
         ts = arrival_times(run.ordered, config.rate)
         bounds = micro_batches(ts, settings.worker_batch_within_s, settings.worker_batch_size)
         for n, (lo, hi) in enumerate(bounds):
-            _step(run, lo, hi, float(ts[lo]))
+            slices = [(lo + a, lo + b) for a, b in micro_batches(ts[lo:hi], settings.worker_slice_s, hi - lo)]
+            _step(run, lo, hi, float(ts[lo]), slices)
             if progress is not None:
                 progress(n + 1, len(bounds))
     result = run.result
@@ -190,8 +191,9 @@ def _baselines(stream: EvalStream, config: EvalConfig) -> list[Ranker]:
     return out
 
 
-def _step(run: _Run, lo: int, hi: int, now: float) -> None:
-    """One micro-batch: sync what is due, ask for the targets, then let everything learn the batch."""
+def _step(run: _Run, lo: int, hi: int, now: float, slices: Sequence[tuple[int, int]]) -> None:
+    """One micro-batch: sync what is due, ask for the targets, then let everything learn the batch
+    (the systems slice by slice, as the worker: features per slice, one training step at the end)."""
     raw = np.arange(lo, hi)
     positives = raw[run.stream_index[lo:hi] >= 0]
     sidx = run.stream_index[positives]
@@ -209,7 +211,8 @@ def _step(run: _Run, lo: int, hi: int, now: float) -> None:
         if sidx.size:
             _timed(run.result, ranker.name, ranker.learn, EvalBatch(run.stream, sidx))
     for name, system in run.systems.items():
-        _timed(run.result, name, system.process, run.values[lo:hi])
+        for a, b in slices:
+            _timed(run.result, name, system.process, run.values[a:b], b == hi)
 
 
 def _ask_served(run: _Run, raw_targets: np.ndarray) -> None:
@@ -261,6 +264,6 @@ def _timed(result: EvalResult, name: str, fn: Callable, *args: object) -> object
 
 def _settings_used(settings: Settings) -> dict:
     """The deployed system's settings a reader of the report needs to know."""
-    keys = ("worker_batch_size", "worker_batch_within_s", "join_window_s", "sync_interval_s", "serving_ranked",
+    keys = ("worker_batch_size", "worker_batch_within_s", "worker_slice_s", "join_window_s", "sync_interval_s", "serving_ranked",
             "torch_threads")
     return {k: getattr(settings, k) for k in keys}

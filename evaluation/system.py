@@ -81,9 +81,10 @@ class TrainedSystem:
         """The pipeline's :class:`~rtrec.recipe.trainer.OnlineTrainer`."""
         return self.pipeline.train.trainer  # type: ignore[union-attr]
 
-    def process(self, values: Sequence[bytes]) -> None:
-        """One micro-batch of raw event JSON, exactly as the worker gets it from Kafka."""
-        self.pipeline.process(values)
+    def process(self, values: Sequence[bytes], train: bool = True) -> None:
+        """One slice of raw event JSON, exactly as the worker gets it from Kafka: its features now,
+        and (``train``) a training step on every slice staged since the last one."""
+        self.pipeline.process(values, train=train)
 
 
 @dataclass

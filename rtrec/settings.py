@@ -72,8 +72,10 @@ class Settings(BaseSettings):
     worker_group: str = Field("rtrec-worker", description="Kafka consumer group (Faust app id) of the workers.")
     worker_batch_size: int = Field(1000, ge=1, description="Most events per micro-batch.")
     worker_batch_within_s: float = Field(
-        0.2, gt=0, description="Longest wait to fill a micro-batch (bounds how long an event waits before its "
-                               "features are applied).")
+        0.2, gt=0, description="Longest wait, from its first event's arrival, to fill a training micro-batch.")
+    worker_slice_s: float = Field(
+        0.05, ge=0, description="Longest wait, from its first event's arrival, before a slice of events has its "
+                                "features written (between trainings; bounds feature freshness).")
     join_window_s: float = Field(60.0, gt=0, description="Event seconds an impression waits for an action.")
     max_event_ahead_s: float = Field(
         DEFAULT_MAX_EVENT_AHEAD_S, ge=0,

@@ -2,8 +2,9 @@
 the pipeline (:class:`stream_workers.pipeline.BatchPipeline`, or the same in a child process:
 :class:`stream_workers.pipeline_process.PipelineProcess`); dead letters go to ``actions.dlq``.
 
-Delivery is at-least-once: ``stream.take_events`` acknowledges a batch's messages only after the
-pipeline returned, so a crash re-delivers the batch, and feature updates are idempotent (each
+The stream is cut into slices whose features are written at once and training batches
+(:func:`stream_workers.batching.run_slices`). Delivery is at-least-once: messages are
+acknowledged only after the pipeline call that trained them returned, so a crash re-delivers them, and feature updates are idempotent (each
 message's offset travels with it: the feature store records how far it applied each partition). The pipeline call runs in a thread so the event loop keeps fetching meanwhile.
 
 Each call carries the attempt number (the pipeline counts retries where the worker's metrics are
@@ -24,6 +25,7 @@ from faust.exceptions import ConsumerNotStarted
 
 from rtrec.errors import RtrecError
 from rtrec.settings import Settings
+from stream_workers.batching import run_slices
 from stream_workers.pipeline import BatchResult
 from stream_workers.transport import UNDECODABLE
 from stream_workers.validation import DeadLetter, UndecodableBatch
@@ -48,7 +50,7 @@ class Pipeline(Protocol):
                 starts: Mapping[str, Mapping[int, int]] | None = None,
                 partitions: Sequence[int] | None = None, *, attempt: int = 0,
                 assignment: Collection[tuple[str, int]] | None = None,
-                message_offsets: Sequence[int] | None = None) -> BatchResult: ...
+                message_offsets: Sequence[int] | None = None, train: bool = True) -> BatchResult: ...
 
     def assign(self, assignment: Collection[tuple[str, int]]) -> None: ...
 
@@ -79,19 +81,24 @@ def create_app(settings: Settings, pipeline: Pipeline) -> faust.App:
 
     @app.agent(actions, name="process")
     async def process(stream: faust.Stream) -> None:
-        async for batch in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_within_s):
+        async def handle(batch: list, close: bool) -> bool:
             values = [event.message.value for event in batch]
-            partitions = [event.message.partition for event in batch]
+            partitions = [event.message.partition for event in batch] or None  # None: a call that only trains
             await send_undecodable(pipeline, dlq)  # first: a feature-gap fill must know what the consumer skipped
             result = await _process_with_retry(pipeline, values, next_offsets(batch), first_offsets(batch), partitions,
                                                lambda: assigned_partitions(app.consumer.assignment()),
-                                               [event.message.offset for event in batch])
+                                               [event.message.offset for event in batch] or None, train=close)
             for letter in result.dead_letters:
                 await dlq.send(value=letter.to_json())
             if result.dead_letters:
                 log.warning("dead-lettered %d of %d messages; first reason: %s",
                             len(result.dead_letters), len(values), result.dead_letters[0].reason)
             await send_undecodable(pipeline, dlq)
+            return result.trained
+
+        manual = stream.noack()  # acknowledged by run_slices once trained
+        await run_slices(manual.events(), manual.ack, handle, settings.worker_batch_size,
+                         settings.worker_batch_within_s, settings.worker_slice_s)
 
     @app.timer(ASSIGNMENT_REPORT_S)
     async def report_assignment() -> None:
@@ -158,9 +165,9 @@ async def send_undecodable(pipeline: Pipeline, dlq: faust.TopicT) -> None:
 
 
 async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, starts: dict,
-                              partitions: list[int],
+                              partitions: list[int] | None,
                               assignment: Callable[[], list[tuple[str, int]]],
-                              message_offsets: list[int] | None = None) -> BatchResult:
+                              message_offsets: list[int] | None = None, train: bool = True) -> BatchResult:
     """Run the pipeline until it succeeds: the batch stays unacknowledged (not lost) meanwhile.
 
     Every attempt says which one it is (the pipeline counts the retries) and carries the
@@ -169,7 +176,8 @@ async def _process_with_retry(pipeline: Pipeline, values: list, offsets: dict, s
     while True:
         try:
             return await asyncio.to_thread(pipeline.process, values, offsets, starts, partitions,
-                                           attempt=attempt, assignment=assignment(), message_offsets=message_offsets)
+                                           attempt=attempt, assignment=assignment(), message_offsets=message_offsets,
+                                           train=train)
         except (redis.RedisError, OSError, RtrecError) as exc:
             delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
             log.error("batch of %d failed (%r); retrying in %.1f s", len(values), exc, delay)

@@ -43,6 +43,7 @@ class BatchRequest:
     assignment: list[tuple[str, int]] | None = None
     undecodable: list[UndecodableBatch] = field(default_factory=list)  # batches the consumer skipped
     message_offsets: list[int] | None = None  # each message's Kafka offset
+    train: bool = True  # False: only stage the messages (see BatchPipeline.process)
 
 
 def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping[int, int]] | None,
@@ -50,11 +51,13 @@ def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping
                    partitions: Sequence[int] | None = None, *, attempt: int = 0,
                    assignment: Collection[tuple[str, int]] | None = None,
                    undecodable: Sequence[UndecodableBatch] = (),
-                   message_offsets: Sequence[int] | None = None) -> bytes:
+                   message_offsets: Sequence[int] | None = None, train: bool = True) -> bytes:
     """``starts``: topic -> partition -> offset of the batch's first message (for recovery);
     ``partitions``: each message's partition (None: not known); ``attempt``: 0 for a batch's
     first try; ``assignment``: the (topic, partition) pairs the consumer owns (None: not known);
-    ``message_offsets``: each message's offset (None: not known)."""
+    ``message_offsets``: each message's offset (None: not known); ``train``: train the staged
+    examples too (a request without messages that trains is a batch; one that does not is a
+    control frame: the assignment or skipped record batches)."""
     lengths = [-1 if v is None else len(v) for v in values]
     header = json.dumps({"offsets": offsets or {}, "lengths": lengths, "starts": starts or {},
                          "partitions": None if partitions is None else [int(p) for p in partitions],
@@ -62,6 +65,7 @@ def encode_request(values: Sequence[bytes | None], offsets: Mapping[str, Mapping
                          "assignment": None if assignment is None else sorted([str(t), int(p)] for t, p in assignment),
                          "undecodable": [b.as_dict() for b in undecodable],
                          "message_offsets": None if message_offsets is None else [int(o) for o in message_offsets],
+                         "train": bool(train),
                          }).encode()
     return _LEN.pack(len(header)) + header + b"".join(v for v in values if v is not None)
 
@@ -96,7 +100,8 @@ def decode_batch_request(frame: bytes) -> BatchRequest:
                         int(header.get("attempt", 0)),
                         None if assignment is None else [(str(t), int(p)) for t, p in assignment],
                         [UndecodableBatch.from_dict(d) for d in header.get("undecodable", [])],
-                        None if message_offsets is None else [int(o) for o in message_offsets])
+                        None if message_offsets is None else [int(o) for o in message_offsets],
+                        bool(header.get("train", True)))
 
 
 def encode_result(result: BatchResult) -> bytes:
@@ -104,6 +109,7 @@ def encode_result(result: BatchResult) -> bytes:
         "events": result.events, "examples": result.examples,
         "applied": result.features.applied, "duplicates": result.features.duplicates,
         "dead": [[d.reason, base64.b64encode(d.raw).decode()] for d in result.dead_letters],
+        "trained": result.trained,
     }).encode()
 
 
@@ -117,7 +123,8 @@ def decode_result(payload: bytes) -> BatchResult | str:
     if "error" in obj:
         return str(obj["error"])
     dead = [DeadLetter(reason, base64.b64decode(raw)) for reason, raw in obj["dead"]]
-    return BatchResult(obj["events"], dead, WriteResult(obj["applied"], obj["duplicates"]), obj["examples"])
+    return BatchResult(obj["events"], dead, WriteResult(obj["applied"], obj["duplicates"]), obj["examples"],
+                       bool(obj.get("trained", True)))
 
 
 def write_frame(stream: BinaryIO, payload: bytes) -> None:

@@ -1,5 +1,11 @@
 """One micro-batch through the worker: validate → features → join → train.
 
+A call may also only *stage* its events (``train=False``): they are validated, their
+point-in-time inputs read, joined and written to the feature store at once, and their examples
+kept for the next call that trains. The worker stages small slices as they arrive (features
+fresh within tens of milliseconds) and trains once per training window
+(:func:`stream_workers.batching.slices`), so fresher features cost no extra training steps.
+
 Plain synchronous code with no Kafka in it, so it is tested without a broker; the Faust app
 (``stream_workers/app.py``) only feeds it batches and ships the dead letters.
 
@@ -54,7 +60,8 @@ class _Attempt:
 
     key: object
     examples: list[LabelledExample]
-    batch: Any
+    batch: Any = None
+    prepared: bool = False
     trained: bool = False
 
 
@@ -66,6 +73,8 @@ class BatchResult:
     dead_letters: list[DeadLetter]
     features: WriteResult
     examples: int
+    #: this call trained every example staged so far (False: they wait for a call that trains)
+    trained: bool = True
 
 
 class BatchPipeline:
@@ -83,6 +92,9 @@ class BatchPipeline:
         self.recovery = recovery  # stream_workers.recovery.Recovery: replays what a restarted shard lost
         self._redis_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer")
         self._attempt: _Attempt | None = None
+        #: examples of the calls that only staged, and the offsets they bring the consumer to
+        self._staged: list[LabelledExample] = []
+        self._staged_ends: dict[str, dict[int, int]] = {}
         #: next offset per (topic, partition) of the batches whose features were written here
         self.consumed: dict[tuple[str, int], int] = {}
         #: Called with each batch's consumer assignment (the worker's lag monitor takes it).
@@ -93,7 +105,7 @@ class BatchPipeline:
                 starts: Mapping[str, Mapping[int, int]] | None = None,
                 partitions: Sequence[int] | None = None, *, attempt: int = 0,
                 assignment: Collection[tuple[str, int]] | None = None,
-                message_offsets: Sequence[int] | None = None) -> BatchResult:
+                message_offsets: Sequence[int] | None = None, train: bool = True) -> BatchResult:
         """Apply a batch; raises only if Redis or training fail (then the batch is not committed).
 
         ``offsets`` (topic → partition → next offset) are what this batch brings the consumer to;
@@ -107,6 +119,10 @@ class BatchPipeline:
         ``message_offsets[n]`` is the Kafka offset of ``values[n]`` (with ``partitions``, and the one
         topic of ``offsets``): the feature store then deduplicates by offset and records how far it
         applied each partition; without them it deduplicates by ``event_id`` only.
+        ``train=False`` only stages the batch: its features are written and its examples kept
+        for the next call that trains (which may have no messages). A call trains anyway when
+        recovery replayed the events so far into a restarted shard (the result says
+        ``trained``); the caller commits staged messages only once a call has trained them.
         """
         if assignment is not None:
             self.assign(assignment)
@@ -123,7 +139,8 @@ class BatchPipeline:
         for action, n in counts.items():
             metrics.EVENTS_CONSUMED.labels(action).inc(n)
         try:
-            return self._process(values, events, event_partitions, dead, counts, offsets, starts, start, log_write)
+            return self._process(values, events, event_partitions, dead, counts, offsets, starts, start, log_write,
+                                 train)
         except Exception:
             metrics.BATCH_FAILURES.inc()  # the caller logs it and retries the batch
             raise
@@ -145,22 +162,32 @@ class BatchPipeline:
     def _process(self, values: Sequence[bytes | None], events: list[Event], partitions: list[int],
                  dead: list[DeadLetter], counts: Mapping[str, int], offsets: Mapping[str, Mapping[int, int]] | None,
                  starts: Mapping[str, Mapping[int, int]] | None, start: float,
-                 log_write: tuple[list[LogPosition], dict[tuple[str, int], tuple[int, int]]] | None = None
-                 ) -> BatchResult:
+                 log_write: tuple[list[LogPosition], dict[tuple[str, int], tuple[int, int]]] | None = None,
+                 train: bool = True) -> BatchResult:
         replayed = self.recovery.before_batch(offsets, starts) if self.recovery is not None else frozenset()
+        train = train or bool(replayed)  # the replay covered the staged events: they train now, with it
         attempt = self._join(_batch_key(values, starts), events, partitions)
+        ends = _merged(self._staged_ends, offsets)
+        if train and not attempt.prepared and self.train is not None:
+            attempt.batch = self.train.prepare(self._staged + attempt.examples)  # before this write
+            attempt.prepared = True
         writing = self._redis_thread.submit(self._write_features, events, log_write)
         try:
-            if attempt.batch is not None and not attempt.trained:
+            if train and attempt.batch is not None and not attempt.trained:
                 with self.recovery.pushing_to_all_but(replayed) if replayed else nullcontext():
-                    self.train.fit(attempt.batch, offsets)  # type: ignore[union-attr]
+                    self.train.fit(attempt.batch, ends or None)  # type: ignore[union-attr]
                 attempt.trained = True
         finally:
             written = writing.result()  # re-raises a Redis error: the batch is then retried
         self._attempt = None
+        if train:
+            self._staged, self._staged_ends = [], {}
+        else:
+            self._staged += attempt.examples
+            self._staged_ends = ends
         self._observe(events, counts, dead, attempt.examples, time.perf_counter() - start, len(values))
         metrics.JOINER_PENDING.set(self.joiner.pending)
-        return BatchResult(len(events), dead, written, len(attempt.examples))
+        return BatchResult(len(events), dead, written, len(attempt.examples), train)
 
     def _join(self, key: object, events: list[Event], partitions: list[int]) -> _Attempt:
         """The batch's examples: joined now, or kept from a failed attempt at the same batch."""
@@ -172,9 +199,7 @@ class BatchPipeline:
             log.warning("a failed batch was not retried (another batch came instead): its %d examples are dropped",
                         len(self._attempt.examples))
         inputs = self.train.snapshot(events) if self.train is not None else None  # before the batch is applied
-        examples = self.joiner.add_many(events, partitions, inputs)
-        batch = self.train.prepare(examples) if self.train is not None else None
-        self._attempt = _Attempt(key, examples, batch)
+        self._attempt = _Attempt(key, self.joiner.add_many(events, partitions, inputs))
         return self._attempt
 
     def _write_features(self, events: list[Event],
@@ -255,6 +280,17 @@ def _positions(partitions: Sequence[int] | None, message_offsets: Sequence[int] 
         raise ValueError(f"message offsets need a batch of one topic, got {sorted(topics)}")
     (topic,) = topics
     return [(topic, int(p), int(o)) for p, o in zip(partitions, message_offsets)]
+
+
+def _merged(ends: Mapping[str, Mapping[int, int]], more: Mapping[str, Mapping[int, int]] | None
+            ) -> dict[str, dict[int, int]]:
+    """Topic → partition → the furthest next offset of either."""
+    out = {t: dict(parts) for t, parts in ends.items()}
+    for t, parts in (more or {}).items():
+        mine = out.setdefault(t, {})
+        for p, o in parts.items():
+            mine[p] = max(mine.get(p, o), o)
+    return out
 
 
 def _ranges(starts: Mapping[str, Mapping[int, int]] | None,

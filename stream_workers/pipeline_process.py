@@ -54,12 +54,12 @@ class PipelineProcess:
                 starts: Mapping[str, Mapping[int, int]] | None = None,
                 partitions: Sequence[int] | None = None, *, attempt: int = 0,
                 assignment: Collection[tuple[str, int]] | None = None,
-                message_offsets: Sequence[int] | None = None) -> BatchResult:
+                message_offsets: Sequence[int] | None = None, train: bool = True) -> BatchResult:
         """Send one batch and wait for its result (the GIL is free while waiting); ``attempt``,
-        ``assignment`` and ``message_offsets`` travel with it (see
+        ``assignment``, ``message_offsets`` and ``train`` travel with it (see
         :meth:`stream_workers.pipeline.BatchPipeline.process`)."""
         return self._exchange(encode_request(values, offsets, starts, partitions, attempt=attempt,
-                                             assignment=assignment, message_offsets=message_offsets))
+                                             assignment=assignment, message_offsets=message_offsets, train=train))
 
     def _exchange(self, frame: bytes) -> BatchResult:
         """One request frame to the child and its result; restarts a dead child first."""
@@ -80,12 +80,12 @@ class PipelineProcess:
 
     def assign(self, assignment: Collection[tuple[str, int]]) -> None:
         """Tell the pipeline process which partitions the consumer owns now (a frame without messages)."""
-        self.process([], assignment=assignment)
+        self.process([], assignment=assignment, train=False)
 
     def report_undecodable(self, batches: Sequence[UndecodableBatch]) -> list[DeadLetter]:
         """Have the pipeline process count skipped record batches (its metrics are the worker's);
         returns their dead letters."""
-        return self._exchange(encode_request([], None, undecodable=batches)).dead_letters
+        return self._exchange(encode_request([], None, undecodable=batches, train=False)).dead_letters
 
     def close(self) -> None:
         with self._lock:
@@ -156,7 +156,7 @@ def child_main() -> int:
 
 def answer(pipeline: BatchPipeline, request: BatchRequest) -> bytes:
     """The result frame of one request: a batch run through ``pipeline``, or an assignment update."""
-    if not request.values:  # no batch: the assignment or skipped record batches (a failed batch's kept examples stay)
+    if not request.values and not request.train:  # the assignment or skipped record batches (a failed batch's kept examples stay)
         if request.assignment is not None:
             pipeline.assign(request.assignment)
             try:  # a Redis that restarted behind an idle partition gets what it lost back now
@@ -168,7 +168,7 @@ def answer(pipeline: BatchPipeline, request: BatchRequest) -> bytes:
     try:
         return encode_result(pipeline.process(request.values, request.offsets, request.starts, request.partitions,
                                               attempt=request.attempt, assignment=request.assignment,
-                                              message_offsets=request.message_offsets))
+                                              message_offsets=request.message_offsets, train=request.train))
     except Exception as exc:  # noqa: BLE001 -- reported to the parent, which retries the batch
         log.exception("batch of %d failed (attempt %d)", len(request.values), request.attempt)
         return encode_error(f"{type(exc).__name__}: {exc}")

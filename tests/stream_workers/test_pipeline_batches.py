@@ -74,6 +74,14 @@ def _rows(batch: ExampleBatch) -> list[tuple]:
                   key=repr)
 
 
+def _labelled(batch: ExampleBatch) -> list[tuple]:
+    """(user, item, labels, recent items) of the batch's own positives (not replayed, not sampled)."""
+    own = [n for n in range(len(batch)) if not (batch.replayed is not None and batch.replayed[n])
+           and np.nan_to_num(batch.labels[n]).max() > 0]
+    return sorted((str(batch.users[n]), str(batch.items[n]), np.nan_to_num(batch.labels[n], nan=-1).tolist(),
+                   batch.recent[n].tolist()) for n in own)
+
+
 @pytest.mark.parametrize("writer_failures, fit_failures", [(1, 0), (0, 1), (2, 2)])
 def test_a_retried_batch_trains_exactly_the_examples_of_a_batch_that_succeeds_at_once(writer_failures: int,
                                                                                        fit_failures: int) -> None:
@@ -101,3 +109,35 @@ def test_an_impressions_examples_carry_the_inputs_of_the_instant_it_was_served()
     # the click on "a" (batch 2), its final labels and the negative "b" (batch 3) all see the user as
     # served: no recent items yet, neither the click on "a" nor the purchase of "y" that came after
     assert sorted(impression_rows) == [("a", [""]), ("a", [""]), ("b", [""])]
+
+
+def test_staged_slices_write_features_at_once_and_train_together_with_their_offsets() -> None:
+    written: list[int] = []
+
+    class Counting(Writer):
+        def write_many(self, events: list[Event]) -> WriteResult:
+            written.append(len(events))
+            return super().write_many(events)
+
+    step = Recording(failures=1)
+    offsets: list[object] = []
+    fit = step.fit
+    step.fit = lambda batch, ends=None: (offsets.append(ends), fit(batch, ends))[1]  # type: ignore[method-assign]
+    pipeline = BatchPipeline(Counting(), Joiner(window_s=60), step)  # type: ignore[arg-type]
+    first, second = BATCHES[0], BATCHES[1]
+    staged = pipeline.process([encode_event(e) for e in first], {"actions": {0: 3}}, {"actions": {0: 0}},
+                              train=False)
+    assert not staged.trained and step.fitted == [] and written == [3]  # features now, training later
+    pipeline.process([encode_event(e) for e in second], {"actions": {1: 7}}, {"actions": {1: 5}}, train=False)
+    assert written == [3, 2]
+    with pytest.raises(ConnectionError):  # the shard is away: nothing staged is lost
+        pipeline.process([], train=True)
+    result = pipeline.process([], train=True, attempt=1)
+    assert result.trained and len(step.fitted) == 1
+    reference = _run(Writer(), Recording())
+    # one batch holding the positives of both slices: what the two batches trained, in one
+    assert len(_labelled(step.fitted[0])) >= 2
+    assert _labelled(step.fitted[0]) == sorted(_labelled(reference[0]) + _labelled(reference[1]))
+    assert offsets[-1] == {"actions": {0: 3, 1: 7}}  # the offsets both slices brought the consumer to
+    pipeline.process([], train=True)
+    assert len(step.fitted) == 1  # nothing staged any more: nothing to train

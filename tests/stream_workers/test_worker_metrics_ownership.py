@@ -60,7 +60,7 @@ def test_the_faust_side_numbers_its_attempts_and_counts_nothing_itself(monkeypat
             self.calls: list[tuple[int, list[tuple[str, int]] | None]] = []
 
         def process(self, values, offsets=None, starts=None, partitions=None, *, attempt=0, assignment=None,
-                    message_offsets=None):
+                    message_offsets=None, train=True):
             self.calls.append((attempt, assignment))
             if len(self.calls) < 3:
                 raise ConnectionError("redis away")
@@ -81,7 +81,8 @@ def test_attempt_and_assignment_travel_in_the_request_frame() -> None:
     assert (request.values, request.partitions, request.attempt) == ([b"a", None], [2, 2], 3)
     assert request.assignment == [("actions", 0), ("actions", 2)]
     unknown = decode_batch_request(encode_request([b"a"], None))
-    assert (unknown.attempt, unknown.assignment) == (0, None)
+    assert (unknown.attempt, unknown.assignment, unknown.train) == (0, None, True)
+    assert not decode_batch_request(encode_request([b"a"], None, train=False)).train
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def test_an_assignment_between_batches_reaches_the_monitor_and_leaves_a_failed_b
     assert isinstance(failed, str) and "redis away" in failed
     kept = pipeline._attempt
     # what PipelineProcess.assign sends: a frame without messages
-    reply = decode_result(answer(pipeline, decode_batch_request(encode_request([], None, assignment=[("actions", 1)]))))
+    reply = decode_result(answer(pipeline, decode_batch_request(encode_request([], None, assignment=[("actions", 1)], train=False))))
     assert isinstance(reply, BatchResult) and reply.events == 0
     assert lag_samples(registry) == {("actions", "1"): 4}
     assert pipeline._attempt is kept  # not replaced by an empty "batch": the retry still trains its examples
