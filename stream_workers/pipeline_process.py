@@ -47,6 +47,10 @@ class PipelineProcess:
         self.metrics_url = ""
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
+        #: request frames staged in the child since its last training call: sent again to a new
+        #: child (their features are idempotent), so a child that died loses no staged examples
+        self._staged: list[bytes] = []
+        self._restage = False
         self._start()
 
     def process(self, values: Sequence[bytes | None],
@@ -58,22 +62,39 @@ class PipelineProcess:
         """Send one batch and wait for its result (the GIL is free while waiting); ``attempt``,
         ``assignment``, ``message_offsets`` and ``train`` travel with it (see
         :meth:`stream_workers.pipeline.BatchPipeline.process`)."""
-        return self._exchange(encode_request(values, offsets, starts, partitions, attempt=attempt,
-                                             assignment=assignment, message_offsets=message_offsets, train=train))
+        frame = encode_request(values, offsets, starts, partitions, attempt=attempt,
+                               assignment=assignment, message_offsets=message_offsets, train=train)
+        with self._lock:
+            result = self._exchange(frame)
+            if values or train:  # a batch, not a control frame
+                if result.trained:
+                    self._staged.clear()
+                else:
+                    self._staged.append(frame)
+        return result
 
     def _exchange(self, frame: bytes) -> BatchResult:
-        """One request frame to the child and its result; restarts a dead child first."""
-        with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._start()
-            assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
-            try:
-                write_frame(self._proc.stdin, frame)
-                result = decode_result(read_frame(self._proc.stdout))
-            except (EOFError, BrokenPipeError, ValueError) as exc:
-                log.error("pipeline process failed (%r); restarting it", exc)
-                self._stop()
-                raise PipelineError(f"pipeline process died: {exc!r}") from exc
+        """One request frame to the child and its result; restarts a dead child first (and hands
+        it the frames the dead one had staged). Call with the lock held."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+            self._restage = bool(self._staged)
+        if self._restage:
+            log.warning("staging %d slices again in the new pipeline process", len(self._staged))
+            for staged in self._staged:
+                self._send(staged)
+            self._restage = False
+        return self._send(frame)
+
+    def _send(self, frame: bytes) -> BatchResult:
+        assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            write_frame(self._proc.stdin, frame)
+            result = decode_result(read_frame(self._proc.stdout))
+        except (EOFError, BrokenPipeError, ValueError) as exc:
+            log.error("pipeline process failed (%r); restarting it", exc)
+            self._stop()
+            raise PipelineError(f"pipeline process died: {exc!r}") from exc
         if isinstance(result, str):
             raise PipelineError(result)
         return result
@@ -85,7 +106,8 @@ class PipelineProcess:
     def report_undecodable(self, batches: Sequence[UndecodableBatch]) -> list[DeadLetter]:
         """Have the pipeline process count skipped record batches (its metrics are the worker's);
         returns their dead letters."""
-        return self._exchange(encode_request([], None, undecodable=batches, train=False)).dead_letters
+        with self._lock:
+            return self._exchange(encode_request([], None, undecodable=batches, train=False)).dead_letters
 
     def close(self) -> None:
         with self._lock:
