@@ -272,17 +272,26 @@ class RecModel(nn.Module):
 
         Raises ValueError when a name is missing or a shape differs (another model config).
         """
+        mismatch = self.dense_mismatch(arrays)
+        if mismatch:
+            raise ValueError(mismatch)
+        with torch.no_grad():
+            for name, tensor in self.state_dict().items():
+                value = np.asarray(arrays[DENSE_PREFIX + name], dtype=np.float32)
+                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+    def dense_mismatch(self, arrays: Mapping[str, np.ndarray]) -> str | None:
+        """Why ``arrays`` cannot be this model's dense weights (a tensor missing, or of another
+        shape: another model config), or None if they can."""
         own = self.state_dict()
         missing = [DENSE_PREFIX + n for n in own if DENSE_PREFIX + n not in arrays]
         if missing:
-            raise ValueError(f"missing dense tensors: {missing[:5]}")
-        with torch.no_grad():
-            for name, tensor in own.items():
-                value = np.asarray(arrays[DENSE_PREFIX + name], dtype=np.float32)
-                if value.shape != tuple(tensor.shape):
-                    raise ValueError(f"dense tensor {DENSE_PREFIX + name} has shape {value.shape}, "
-                                     f"the model expects {tuple(tensor.shape)}")
-                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            return f"missing dense tensors: {missing[:5]}"
+        for name, tensor in own.items():
+            shape = np.shape(arrays[DENSE_PREFIX + name])
+            if shape != tuple(tensor.shape):
+                return f"dense tensor {DENSE_PREFIX + name} has shape {shape}, the model expects {tuple(tensor.shape)}"
+        return None
 
     def dense_names(self) -> list[str]:
         """The names :meth:`dense_arrays` uses, in order."""

@@ -390,7 +390,11 @@ class OnlineTrainer(Scorer):
     def sync_dense(self) -> None:
         """Mix in another worker's dense push (if any since ours), then push ours (module docstring)."""
         pulled = self.params.pull_dense(self.model.dense_names())
-        if pulled.version != self._pushed_dense_version and self.config.dense_mix > 0:
+        mismatch = self.model.dense_mismatch(pulled.tensors)
+        if mismatch and pulled.version != self._pushed_dense_version:
+            log.error("the parameter server's dense weights (version %d) were pushed by a model of another "
+                      "config (%s): not mixed in; this worker's replace them", pulled.version, mismatch)
+        elif pulled.version != self._pushed_dense_version and self.config.dense_mix > 0:
             mix = self.config.dense_mix
             mine = self.model.dense_arrays()
             self.model.load_dense_arrays({k: (1 - mix) * v + mix * pulled.tensors[k] for k, v in mine.items()})
@@ -402,6 +406,12 @@ class OnlineTrainer(Scorer):
         try:
             pulled = self.params.pull_dense(self.model.dense_names())
         except ValueError:  # no dense weights on the server yet: this trainer is the first
+            self._pushed_dense_version = self.params.push_dense(self.model.dense_arrays())
+            return
+        mismatch = self.model.dense_mismatch(pulled.tensors)
+        if mismatch:  # the model config changed since they were pushed: a restart must not loop on it
+            log.error("the parameter server's dense weights (version %d) do not fit this model (%s): "
+                      "starting from this worker's initial ones and publishing them", pulled.version, mismatch)
             self._pushed_dense_version = self.params.push_dense(self.model.dense_arrays())
             return
         self.model.load_dense_arrays(pulled.tensors)

@@ -157,6 +157,19 @@ def test_a_second_worker_adopts_the_servers_dense_weights_and_gossip_mixes_them(
     assert not np.array_equal(local_after_step, pushed_by_first[name])
 
 
+def test_dense_weights_of_another_model_config_neither_crash_a_start_nor_a_sync(caplog: pytest.LogCaptureFixture) -> None:
+    store = ParamStore()
+    old = OnlineTrainer(store, ModelConfig(tower_hidden=32), seed=1, config=TrainerConfig(dense_sync_every=1))
+    new = OnlineTrainer(store, seed=2, config=TrainerConfig(dense_sync_every=1))  # the config changed: hidden 64
+    assert "do not fit this model" in caplog.text
+    name = "model.user_tower.0.weight"
+    assert store.pull_dense([name]).tensors[name].shape == new.model.dense_arrays()[name].shape  # new's published
+    old.train_many(_impressions(32, seed=1))  # a worker still on the old config: its sync logs, never mixes
+    assert "pushed by a model of another config" in caplog.text
+    new.train_many(_impressions(32, seed=2))  # and the new one takes the server back
+    assert store.pull_dense([name]).tensors[name].shape == new.model.dense_arrays()[name].shape
+
+
 def test_rolling_loss_and_auc_are_prometheus_metrics() -> None:
     registry = CollectorRegistry()
     trainer = OnlineTrainer(ParamStore(), registry=registry)
