@@ -4,7 +4,7 @@ A call may also only *stage* its events (``train=False``): they are validated, t
 point-in-time inputs read, joined and written to the feature store at once, and their examples
 kept for the next call that trains. The worker stages small slices as they arrive (features
 fresh within tens of milliseconds) and trains once per training window
-(:func:`stream_workers.batching.slices`), so fresher features cost no extra training steps.
+(:func:`stream_workers.batching.run_slices`), so fresher features cost no extra training steps.
 
 Plain synchronous code with no Kafka in it, so it is tested without a broker; the Faust app
 (``stream_workers/app.py``) only feeds it batches and ships the dead letters.
@@ -167,6 +167,7 @@ class BatchPipeline:
         replayed = self.recovery.before_batch(offsets, starts) if self.recovery is not None else frozenset()
         train = train or bool(replayed)  # the replay covered the staged events: they train now, with it
         attempt = self._join(_batch_key(values, starts), events, partitions)
+        train = train or attempt.prepared  # a retry of a call that was to train (after a replay) still trains
         ends = _merged(self._staged_ends, offsets)
         if train and not attempt.prepared and self.train is not None:
             attempt.batch = self.train.prepare(self._staged + attempt.examples)  # before this write
