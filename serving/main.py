@@ -46,7 +46,7 @@ from serving.impressions import ImpressionLog, SenderProcess
 from serving.index import IndexPlan, ItemIndex
 from serving.metrics import ServingMetrics
 from serving.mirror import ParamMirror
-from serving.processes import REUSE_PORT_ENV
+from serving.processes import DENSE_PHASE_ENV, REUSE_PORT_ENV
 from serving.model_state import ModelHolder
 from serving.ranking import RankingConfig, RecentUsers, Recommender
 from serving.sync import SyncLoop
@@ -68,7 +68,7 @@ def build_serving(params: Any, reader: FeatureReader | None, registry: Collector
                   send_impression: Callable[[dict], None] | None = None, api_key: str = "",
                   open_endpoints: frozenset[str] = frozenset(), ranking: RankingConfig = RankingConfig(),
                   impression_sender_env: Mapping[str, str] | None = None,
-                  index_plan: IndexPlan = IndexPlan()) -> Serving:
+                  index_plan: IndexPlan = IndexPlan(), dense_phase: float = 0.0) -> Serving:
     """Wire mirror, model, index, sync loop and recommender over ``params`` (not synced, not started).
 
     ``reader`` None (tests of the sync path only): no names are learned from the feature store and
@@ -83,7 +83,7 @@ def build_serving(params: Any, reader: FeatureReader | None, registry: Collector
     catalog = ItemCatalog(slots.item)
     index = ItemIndex(model_config.tower_dim, index_plan)
     sync = SyncLoop(params, mirror, holder, catalog, index, metrics, reader, sync_interval_s, dense_interval_s,
-                    min_sync_interval_s)
+                    min_sync_interval_s, dense_phase=dense_phase)
     recommender = Recommender(mirror, holder, catalog, index, reader, slots, ranking)  # type: ignore[arg-type]
     impressions = None
     if impression_sender_env is not None:
@@ -127,7 +127,8 @@ def main(settings: Any) -> None:
                             ranking=RankingConfig.from_settings(settings),
                             impression_sender_env=_sender_env(settings) if settings.log_impressions else None,
                             index_plan=IndexPlan(ivf_min_items=settings.index_ivf_min_items,
-                                                 nprobe=settings.index_nprobe))
+                                                 nprobe=settings.index_nprobe),
+                            dense_phase=float(os.environ.get(DENSE_PHASE_ENV, "0")))
     try:
         _first_sync(serving.sync)
         # What start-up built (model, mirror, catalogue, index) lives as long as the process: keep

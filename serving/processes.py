@@ -38,12 +38,14 @@ from rtrec.metrics_http import serve_metrics
 from rtrec.stack.process import ManagedProcess
 from rtrec.stack.launcher import read_ready_line
 
-__all__ = ["run_processes", "ChildMetrics", "REUSE_PORT_ENV"]
+__all__ = ["run_processes", "ChildMetrics", "REUSE_PORT_ENV", "DENSE_PHASE_ENV"]
 
 log = logging.getLogger("serving")
 
 #: Set by the parent in each child's environment: bind the given port with SO_REUSEPORT.
 REUSE_PORT_ENV = "RTREC_SERVING_REUSE_PORT"
+#: Process k of N gets k / N: its dense syncs (index rebuilds) fall between the others' (serving/sync.py).
+DENSE_PHASE_ENV = "RTREC_SERVING_DENSE_PHASE"
 #: How long a child may take to sync and print its ready line.
 CHILD_READY_TIMEOUT_S = 180.0
 
@@ -80,12 +82,13 @@ def run_processes(settings: Any, processes: int) -> int:
     env = {**os.environ, "RTREC_SERVING_PROCESSES": "1", "RTREC_HTTP_PORT": str(port), "RTREC_METRICS_PORT": "0",
            REUSE_PORT_ENV: "1"}
     children = [ManagedProcess(f"serving-{n}", [sys.executable, "-m", "rtrec.cli", "serve"], Path("/dev/stderr"),
-                               env=env, stdout=-1) for n in range(processes)]
+                               env={**env, DENSE_PHASE_ENV: str(n / processes)}, stdout=-1)
+                for n in range(processes)]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        for child in children:  # all start together: each syncs on its own
+        for child in children:  # all start together: each syncs on its own, dense syncs out of phase
             child.start()
         ready = [read_ready_line(child, CHILD_READY_TIMEOUT_S, stop.is_set) for child in children]
         reserved.close()

@@ -14,7 +14,11 @@ One :meth:`SyncLoop.sync_once`:
 2. the first sync and then the first one ``dense_interval_s`` or more after the last dense one (by
    ``clock``: monotonic time live, the replay clock in ``rtrec eval``), ``pull_dense``: a new model is built beside the
    old one and swapped in by one reference assignment, then every item is re-embedded into a new
-   index that replaces the old one (the item tower changed, so every vector did);
+   index that replaces the old one (the item tower changed, so every vector did). The second dense
+   pull comes ``dense_phase`` x ``dense_interval_s`` later than the interval alone would have it:
+   serving processes started together (``rtrec serve --processes N`` gives process ``k`` the phase
+   ``k / N``) then rebuild their indexes at different times instead of all competing for the CPU
+   at once;
 3. otherwise only the items whose rows changed (or whose name/category was just learned) are
    re-embedded and upserted into the index, and evicted items are removed from it;
 4. item names and categories: the entries of the feature store's item catalogue added or changed
@@ -70,9 +74,10 @@ class SyncLoop:
     def __init__(self, params: Any, mirror: ParamMirror, holder: ModelHolder, catalog: ItemCatalog,
                  index: ItemIndex, metrics: ServingMetrics, reader: FeatureReader | None = None,
                  interval_s: float = 2.0, dense_interval_s: float = 20.0, min_interval_s: float = 0.25,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if interval_s <= 0 or dense_interval_s < 0 or min_interval_s < 0:
-            raise ValueError("need interval_s > 0, dense_interval_s >= 0 and min_interval_s >= 0")
+                 clock: Callable[[], float] = time.monotonic, dense_phase: float = 0.0) -> None:
+        if interval_s <= 0 or dense_interval_s < 0 or min_interval_s < 0 or not 0 <= dense_phase < 1:
+            raise ValueError("need interval_s > 0, dense_interval_s >= 0, min_interval_s >= 0 and 0 <= dense_phase < 1")
+        self.dense_phase = dense_phase
         self.params, self.mirror, self.holder, self.catalog = params, mirror, holder, catalog
         self.index, self.metrics, self.reader = index, metrics, reader
         self.interval_s, self.dense_interval_s = interval_s, dense_interval_s
@@ -136,7 +141,8 @@ class SyncLoop:
         now = self.clock()
         if self._dense_at is not None and now - self._dense_at < self.dense_interval_s:
             return False
-        self._dense_at = now
+        # the first pull shifts the schedule by the phase: processes started together stay apart
+        self._dense_at = now + (self.dense_phase * self.dense_interval_s if self._dense_at is None else 0.0)
         return True
 
     def _shards_restarted(self) -> bool:
