@@ -50,7 +50,7 @@ class PipelineProcess:
         #: request frames staged in the child since its last training call: sent again to a new
         #: child (their features are idempotent), so a child that died loses no staged examples
         self._staged: list[bytes] = []
-        self._restage = False
+        self._held = 0  # how many of them the current child holds
         self._start()
 
     def process(self, values: Sequence[bytes | None],
@@ -71,6 +71,7 @@ class PipelineProcess:
                     self._staged.clear()
                 else:
                     self._staged.append(frame)
+                self._held = len(self._staged)
         return result
 
     def _exchange(self, frame: bytes) -> BatchResult:
@@ -78,12 +79,12 @@ class PipelineProcess:
         it the frames the dead one had staged). Call with the lock held."""
         if self._proc is None or self._proc.poll() is not None:
             self._start()
-            self._restage = bool(self._staged)
-        if self._restage:
-            log.warning("staging %d slices again in the new pipeline process", len(self._staged))
-            for staged in self._staged:
-                self._send(staged)
-            self._restage = False
+            self._held = 0
+            if self._staged:
+                log.warning("staging %d slices again in the new pipeline process", len(self._staged))
+        while self._held < len(self._staged):  # one by one: a failure resumes where it stopped
+            self._send(self._staged[self._held])
+            self._held += 1
         return self._send(frame)
 
     def _send(self, frame: bytes) -> BatchResult:
