@@ -264,6 +264,6 @@ def _timed(result: EvalResult, name: str, fn: Callable, *args: object) -> object
 
 def _settings_used(settings: Settings) -> dict:
     """The deployed system's settings a reader of the report needs to know."""
-    keys = ("worker_batch_size", "worker_batch_within_s", "worker_slice_s", "join_window_s", "sync_interval_s", "serving_ranked",
-            "torch_threads")
+    keys = ("worker_batch_size", "worker_batch_within_s", "worker_slice_s", "join_window_s", "sync_interval_s",
+            "serving_ranked", "torch_threads")
     return {k: getattr(settings, k) for k in keys}

@@ -4,8 +4,10 @@ the pipeline (:class:`stream_workers.pipeline.BatchPipeline`, or the same in a c
 
 The stream is cut into slices whose features are written at once and training batches
 (:func:`stream_workers.batching.run_slices`). Delivery is at-least-once: messages are
-acknowledged only after the pipeline call that trained them returned, so a crash re-delivers them, and feature updates are idempotent (each
-message's offset travels with it: the feature store records how far it applied each partition). The pipeline call runs in a thread so the event loop keeps fetching meanwhile.
+acknowledged only after the pipeline call that trained them returned, so a crash re-delivers
+them, and feature updates are idempotent (each message's offset travels with it: the feature
+store records how far it applied each partition). The pipeline call runs in a thread so the event
+loop keeps fetching meanwhile.
 
 Each call carries the attempt number (the pipeline counts retries where the worker's metrics are
 served) and the consumer's current assignment (each worker reports the lag of its own partitions);

@@ -39,10 +39,12 @@ EVENTS_DEAD_LETTERED = Counter("rtrec_worker_events_dead_lettered_total",
                                "Invalid messages sent to the DLQ, by the action they claim (`unknown` if none).",
                                ["action"])
 BATCH_SIZE = Histogram("rtrec_worker_batch_size",
-                       "Messages per pipeline call (a slice of the stream; the call closing a training batch also trains).",
+                       "Messages per pipeline call (a slice of the stream; the call closing a training batch "
+                       "also trains).",
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 BATCH_SECONDS = Histogram("rtrec_worker_batch_seconds",
-                          "Time of one pipeline call end to end (with the training step when it closes a training batch).",
+                          "Time of one pipeline call end to end (with the training step when it closes a "
+                          "training batch).",
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 BATCH_FAILURES = Counter("rtrec_worker_batch_failures_total",
                          "Micro-batches that raised (Redis, parameter server); the app retries them.")

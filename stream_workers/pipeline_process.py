@@ -179,7 +179,8 @@ def child_main() -> int:
 
 def answer(pipeline: BatchPipeline, request: BatchRequest) -> bytes:
     """The result frame of one request: a batch run through ``pipeline``, or an assignment update."""
-    if not request.values and not request.train:  # the assignment or skipped record batches (a failed batch's kept examples stay)
+    if not request.values and not request.train:  # the assignment or skipped record batches
+        # (a failed batch's kept examples stay)
         if request.assignment is not None:
             pipeline.assign(request.assignment)
             try:  # a Redis that restarted behind an idle partition gets what it lost back now

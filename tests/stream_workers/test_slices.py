@@ -53,11 +53,13 @@ def test_features_go_out_per_slice_while_training_keeps_its_window() -> None:
     asyncio.run(run_slices(arriving(schedule, arrivals), worker.ack, worker.handle, 1000, 0.2, 0.02))
     waits = sorted(worker.handed[e] - arrivals[e] for e in arrivals if e in worker.handed)
     # an event waits for the training step under way and one slice at most, never a training window
-    assert waits[-1] < 0.15 + 0.02 + 0.04, f"an event waited {waits[-1] * 1000:.0f} ms to be handed over"
+    assert waits[-1] < 0.15 + 0.02 + 0.08, f"an event waited {waits[-1] * 1000:.0f} ms to be handed over"
     trainings = [c for c in worker.calls if c[1]]
     assert len(worker.calls) > 2 * len(trainings)  # several slices per training batch
+    # training no more often than its window: a batch closes 0.2 s after its first event arrived,
+    # so two trainings end about 0.2 s apart or more (less only by how late the first one started)
     gaps = [b - a for a, b in zip(worker.trained_at, worker.trained_at[1:])]
-    assert min(gaps) > 0.2  # training no more often than its window
+    assert min(gaps) > 0.2 - 0.05 and len(trainings) <= 1.2 / 0.2 + 1
     assert worker.acked == sorted(worker.acked) and set(worker.acked) <= set(worker.handed)
 
 
