@@ -76,7 +76,8 @@ class SyncLoop:
                  interval_s: float = 2.0, dense_interval_s: float = 20.0, min_interval_s: float = 0.25,
                  clock: Callable[[], float] = time.monotonic, dense_phase: float = 0.0) -> None:
         if interval_s <= 0 or dense_interval_s < 0 or min_interval_s < 0 or not 0 <= dense_phase < 1:
-            raise ValueError("need interval_s > 0, dense_interval_s >= 0, min_interval_s >= 0 and 0 <= dense_phase < 1")
+            raise ValueError("need interval_s > 0, dense_interval_s >= 0, min_interval_s >= 0 "
+                             "and 0 <= dense_phase < 1")
         self.dense_phase = dense_phase
         self.params, self.mirror, self.holder, self.catalog = params, mirror, holder, catalog
         self.index, self.metrics, self.reader = index, metrics, reader

@@ -57,11 +57,12 @@ async def run_slices(events: AsyncIterable[T], ack: Callable[[T], Awaitable[Any]
                 return
             if got and not pending:
                 due = got[0][0] + within_s
-            pending += [event for _, event in got]
+            piece = [event for _, event in got]
+            pending += piece
             close = bool(pending) and (len(pending) >= max_events or time.monotonic() >= due)
-            if not got and not close:
+            if not piece and not close:
                 continue
-            if await handle([event for _, event in got], close):
+            if await handle(piece, close):
                 for event in pending:
                     await ack(event)
                 pending = []
