@@ -3,30 +3,38 @@
 -- (a retrieval channel beside the user vector: "users who liked these also liked").
 -- ARGV: prefix, query, top, the users as ONE JSON array.
 -- Returns per user {recent items (newest first), {item, score, item, score, ...}}: at most `top`
--- items, best first, none of them in the user's recent list; an item's score is the sum over the
--- user's last `query` items h of the times h and the item were co-visited (features/apply_events.lua
--- keeps the counts, the same sum the ranking feature `pair_log_covisits` reads in covisits.lua).
+-- items, best first (ties by name), none of them in the user's recent list; an item's score is the
+-- sum over the user's last `query` items h of the times h and the item were co-visited
+-- (features/apply_events.lua keeps the counts, the same sum the ranking feature `pair_log_covisits`
+-- reads in covisits.lua).
+-- The sums and the order are Redis's own (ZUNIONSTORE into a scratch key deleted before the script
+-- returns, weights -1 so that ascending order is best first, ties by name): summing and sorting the
+-- up to 5 x 200 entries in Lua cost 4x more, and a script blocks every other client while it runs.
 local p, query, top = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local unpack = unpack or table.unpack
+local scratch = p .. 'covisited:scratch'
 local out = {}
 for n, user in ipairs(cjson.decode(ARGV[4])) do
   local recent = redis.call('LRANGE', p .. 'recent:' .. user, 0, -1)
-  local blocked, sums, found = {}, {}, {}
-  for _, h in ipairs(recent) do blocked[h] = true end
-  for k = 1, (top > 0 and math.min(query, #recent) or 0) do  -- the channel off: recent items only
-    local rows = redis.call('ZRANGE', p .. 'cov:' .. recent[k], 0, -1, 'WITHSCORES')
-    for j = 1, #rows, 2 do
-      local item = rows[j]
-      if not blocked[item] then
-        if not sums[item] then sums[item] = 0; found[#found + 1] = item end
-        sums[item] = sums[item] + tonumber(rows[j + 1])
-      end
-    end
-  end
-  table.sort(found, function(a, b) return sums[a] > sums[b] or (sums[a] == sums[b] and a < b) end)
   local best = {}
-  for k = 1, math.min(top, #found) do
-    best[2 * k - 1] = found[k]
-    best[2 * k] = sums[found[k]]
+  local q = top > 0 and math.min(query, #recent) or 0  -- the channel off: recent items only
+  if q > 0 then
+    local args = {}
+    for k = 1, q do
+      args[k] = p .. 'cov:' .. recent[k]
+      args[q + 1 + k] = -1
+    end
+    args[q + 1] = 'WEIGHTS'
+    redis.call('ZUNIONSTORE', scratch, q, unpack(args, 1, 2 * q + 1))
+    for lo = 1, #recent, 1000 do
+      redis.call('ZREM', scratch, unpack(recent, lo, math.min(lo + 999, #recent)))
+    end
+    local rows = redis.call('ZRANGE', scratch, 0, top - 1, 'WITHSCORES')
+    for j = 1, #rows, 2 do
+      best[j] = rows[j]
+      best[j + 1] = -tonumber(rows[j + 1])
+    end
+    redis.call('DEL', scratch)
   end
   out[n] = {recent, best}
 end

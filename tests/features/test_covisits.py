@@ -109,3 +109,18 @@ def test_recall_reads_recent_items_and_the_most_covisited_others_in_one_call(sto
     assert reader.recall_many(["d"], top=1)[0].covisited == ["y"]
     assert reader.recall_many(["d"], top=0)[0] == UserRecall(["x", "q"], [], [])
     assert reader.recall_many([], top=5) == []
+
+
+def test_recall_equals_a_brute_force_sum_and_sort_over_random_streams(store) -> None:
+    writer, reader, config = store
+    rng = random.Random(7)
+    events = clicks([(f"u{rng.randrange(6)}", f"i{rng.randrange(25)}") for _ in range(300)])
+    writer.write_many(events, now=T0)
+    users = [f"u{n}" for n in range(6)]
+    for user, got in zip(users, reader.recall_many(users, top=8)):
+        sums: Counter = Counter()
+        for h in got.recent[: config.covisit_query]:
+            sums.update(stored(reader, h))
+        expected = sorted(((-s, i) for i, s in sums.items() if i not in got.recent and s > 0))[:8]
+        assert got.recent and list(zip(got.covisited, got.covisit_sums)) == [(i, -s) for s, i in expected]
+    assert not reader.client.exists(f"{config.prefix}covisited:scratch")  # the scratch key never outlives a call
