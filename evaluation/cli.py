@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=defaults.rate,
                         help="replay pace in events/s (0: each event arrives at its own event time)")
     parser.add_argument("--sync-every-s", type=float, default=defaults.sync_every_s,
-                        help="seconds between serving syncs of model and hashed (default RTREC_SYNC_INTERVAL_S)")
+                        help="seconds between serving syncs of model and hashed (default: as live, after "
+                             "the training steps, at most every RTREC_SYNC_MIN_INTERVAL_S)")
     parser.add_argument("--batch-refresh-hours", type=float, default=defaults.batch_refresh_s / 3600,
                         help="the batch variant's serving syncs at these boundaries only")
     parser.add_argument("--hash-buckets", type=int, default=defaults.hash_buckets, help="rows per slot (hashed)")

@@ -38,8 +38,10 @@ class EvalConfig:
             rating per ~3 minutes) gives ~one event per micro-batch (49,282 training steps for
             ml-100k, about an hour here); at 200/s a micro-batch holds ~40 events
             (``worker_batch_within_s``, 0.2 s).
-        sync_every_s: arrival seconds between serving syncs of ``model`` and ``hashed``
-            (None: ``settings.sync_interval_s``, as live).
+        sync_every_s: arrival seconds between serving syncs of ``model`` and ``hashed`` (None: as
+            live, where serving syncs as soon as a training step lands but at most every
+            ``settings.sync_min_interval_s``; every micro-batch here ends in a training step, so
+            the replay syncs at the first batch that starts that long after the last sync).
         batch_refresh_s: the ``batch`` variant's serving syncs only when arrival time crosses a
             multiple of this (an hour: periodic retraining served hourly, CONTRACT.md).
         hash_buckets: rows per slot of the ``hashed`` variant's parameter store.

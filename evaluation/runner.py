@@ -151,7 +151,10 @@ def _systems(config: EvalConfig, settings: Settings, url: str) -> tuple[dict[str
     and the serving instances of the served variants."""
     systems: dict[str, TrainedSystem] = {}
     served: dict[str, ServedModel] = {}
-    every = config.sync_every_s or settings.sync_interval_s
+    # live, serving long-polls the parameter server and syncs as soon as a training step lands, at
+    # most every sync_min_interval_s; here every micro-batch ends in a training step, so the replay
+    # syncs at the first batch that starts that long after the last sync
+    every = settings.sync_min_interval_s if config.sync_every_s is None else config.sync_every_s
     if {"model", "batch"} & set(config.variants):
         systems["model"] = TrainedSystem.build(settings, _db(url, 0), seed=config.seed)
     if "model" in config.variants:
@@ -265,5 +268,5 @@ def _timed(result: EvalResult, name: str, fn: Callable, *args: object) -> object
 def _settings_used(settings: Settings) -> dict:
     """The deployed system's settings a reader of the report needs to know."""
     keys = ("worker_batch_size", "worker_batch_within_s", "worker_slice_s", "join_window_s", "sync_interval_s",
-            "serving_ranked", "torch_threads")
+            "sync_min_interval_s", "dense_sync_interval_s", "serving_ranked", "serving_covisited", "torch_threads")
     return {k: getattr(settings, k) for k in keys}

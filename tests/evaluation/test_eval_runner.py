@@ -80,3 +80,19 @@ def test_streams_with_impressions_report_the_ranking_heads_auc_and_log_loss() ->
     result = run_prequential(events, EvalConfig(variants=("model",)))
     head = result.labelled.summary()["model"]
     assert head["examples"] > 0 and 0.0 <= head["auc"] <= 1.0 and head["log_loss"] > 0.0
+
+
+@pytest.mark.integration
+def test_served_variants_sync_as_live_serving_does_unless_told_otherwise() -> None:
+    # live, serving syncs as each training step lands, at most every RTREC_SYNC_MIN_INTERVAL_S; the
+    # replay must not serve a staler model than that (it once synced every RTREC_SYNC_INTERVAL_S)
+    from evaluation.runner import _systems
+    from evaluation.system import embedded_redis
+
+    settings = load_settings()
+    with embedded_redis(settings) as url:
+        _, served = _systems(EvalConfig(variants=("model", "batch")), settings, url)
+        assert served["model"].period_s == settings.sync_min_interval_s < settings.sync_interval_s
+        assert served["batch"].period_s == 3600.0 and served["batch"].aligned
+        _, served = _systems(EvalConfig(variants=("model",), sync_every_s=5.0), settings, url)
+        assert served["model"].period_s == 5.0
