@@ -1,18 +1,21 @@
 """The prequential loop over the deployed system: for each worker micro-batch, first ask, then learn.
 
 The events (time order) are cut into the micro-batches a live worker would see
-(:func:`evaluation.batches.micro_batches` with the worker's settings) and turned into the JSON bytes
-producers send (:func:`rtrec.events.encode_event`). For each batch:
+(:func:`evaluation.batches.micro_batches` with the worker's settings), each batch into the worker's
+slices, and turned into the JSON bytes producers send (:func:`rtrec.events.encode_event`). For
+each batch:
 
-1. every serving instance syncs if its period of event time has passed (``model``, ``hashed``:
-   ``sync_every_s`` of the replay clock; ``batch``: at each hour boundary of event time, as a model
-   retrained every hour would be served);
-2. the batch's targets -- positive events after the warm-up whose (user, item) pair is new -- are
-   asked of every variant: serving's ``recommend_many`` (top 10 after retrieval, ranking head and
-   business rules) for the served variants, a full ranking of the items seen so far minus the
-   user's own for the baselines; the rank of the event's item is logged (beyond 10 = a miss);
-3. only then does the batch go through the worker pipeline(s) (validate, Redis features, joiner,
-   trainer against the parameter store) and into the baselines.
+1. every serving instance syncs if its period has passed (``model``, ``hashed``: ``sync_every_s``
+   of the replay clock, by default as live serving syncs; ``batch``: at each hour boundary of
+   event time, as a model retrained every hour would be served);
+2. then, slice by slice, the slice's targets -- positive events after the warm-up whose (user,
+   item) pair is new -- are asked of every variant: serving's ``recommend_many`` (top 10 after
+   retrieval, ranking head and business rules) for the served variants, a full ranking of the
+   items seen so far minus the user's own for the baselines; the rank of the event's item is
+   logged (beyond 10 = a miss);
+3. only then does the slice go into the baselines and through the worker pipeline(s) (validate,
+   Redis features, joiner; the batch's last slice also trains against the parameter store), so
+   the next slice's asks read its features, as live requests during a batch do.
 
 ``model`` and ``batch`` are two serving instances over one trained store; ``hashed`` is a second
 pipeline and store whose tables fold IDs into ``hash_buckets`` rows per slot, on Redis DB 1.
@@ -195,8 +198,22 @@ def _baselines(stream: EvalStream, config: EvalConfig) -> list[Ranker]:
 
 
 def _step(run: _Run, lo: int, hi: int, now: float, slices: Sequence[tuple[int, int]]) -> None:
-    """One micro-batch: sync what is due, ask for the targets, then let everything learn the batch
-    (the systems slice by slice, as the worker: features per slice, one training step at the end)."""
+    """One micro-batch: sync what is due, then slice by slice as the worker stages them: ask for the
+    slice's targets, let the baselines learn it and stage it in the systems (features written at
+    once, one training step with the last slice). A live request during the batch reads the
+    features of the slices staged before it, and so do these asks."""
+    event_time = run.ordered[lo].ts  # the batch variant refreshes at hour boundaries of event time
+    for name, served in run.served.items():
+        _timed(run.result, name, served.maybe_sync, event_time if served.aligned else now)
+    for a, b in slices:
+        _ask_then_learn_baselines(run, a, b)
+        for name, system in run.systems.items():
+            _timed(run.result, name, system.process, run.values[a:b], b == hi)
+
+
+def _ask_then_learn_baselines(run: _Run, lo: int, hi: int) -> None:
+    """Ask every variant for the targets among events ``lo:hi`` -- positive events after the
+    warm-up whose (user, item) pair is new -- then let the baselines learn those events."""
     raw = np.arange(lo, hi)
     positives = raw[run.stream_index[lo:hi] >= 0]
     sidx = run.stream_index[positives]
@@ -204,18 +221,12 @@ def _step(run: _Run, lo: int, hi: int, now: float, slices: Sequence[tuple[int, i
     is_target = after_warmup & ~run.stream.repeat[sidx]
     run.result.repeats_skipped += int((after_warmup & ~is_target).sum())
     run.result.evaluated += int(is_target.sum())
-    event_time = run.ordered[lo].ts  # the batch variant refreshes at hour boundaries of event time
-    for name, served in run.served.items():
-        _timed(run.result, name, served.maybe_sync, event_time if served.aligned else now)
     if is_target.any():
         _ask_served(run, positives[is_target])
         _rank_baselines(run, sidx[is_target], first_of_user(run.stream.users[sidx], sidx)[is_target])
     for ranker in run.baselines:
         if sidx.size:
             _timed(run.result, ranker.name, ranker.learn, EvalBatch(run.stream, sidx))
-    for name, system in run.systems.items():
-        for a, b in slices:
-            _timed(run.result, name, system.process, run.values[a:b], b == hi)
 
 
 def _ask_served(run: _Run, raw_targets: np.ndarray) -> None:
@@ -232,8 +243,8 @@ def _ask_served(run: _Run, raw_targets: np.ndarray) -> None:
 
 
 def first_of_user(users: np.ndarray, events: np.ndarray) -> np.ndarray:
-    """Per event of a micro-batch, its user's first event in the batch: the history the deployed
-    system had applied when each of them was asked.
+    """Per event of a slice, its user's first event in the slice: the history the deployed system
+    had applied when each of them was asked.
 
     >>> first_of_user(np.array([7, 3, 7, 3, 9]), np.array([10, 11, 12, 13, 14])).tolist()
     [10, 11, 10, 11, 14]

@@ -33,6 +33,24 @@ def test_items_the_user_acted_on_are_never_ranked() -> None:
     assert np.concatenate(result.logs["popularity"].ranks).tolist() == [1.0]
 
 
+def test_an_ask_knows_what_the_slices_before_it_in_its_batch_applied() -> None:
+    # A first batch makes x more popular than z. Then one batch of three slices (the worker's
+    # defaults, events at their own time): a's "x" is in the second slice and a is asked for "z"
+    # in the third. Live, the second slice's features (a's recent items) were written before that
+    # request, so x is a's own and z ranks first; asked at the batch's start, x would rank first.
+    settings = load_settings()
+    s = settings.worker_slice_s
+    assert settings.worker_batch_within_s >= 3 * s
+    rows = [(0.0, "b", "x"), (0.01, "c", "x"), (0.02, "e", "z"),
+            (10.0, "d", "x"), (10.0 + 0.2 * s, "h", "x"),
+            (10.0 + 1.2 * s, "a", "x"), (10.0 + 1.4 * s, "i", "x"),
+            (10.0 + 2.4 * s, "a", "z")]
+    events = [Event(str(n), u, i, "click", t) for n, (t, u, i) in enumerate(rows)]
+    result = run_prequential(events, EvalConfig(warmup=7 / 8, rate=None, variants=("popularity",)))
+    assert result.batches == 2 and result.evaluated == 1
+    assert np.concatenate(result.logs["popularity"].ranks).tolist() == [1.0]
+
+
 def test_micro_batches_follow_the_workers_window_and_size() -> None:
     ts = np.sort(np.random.default_rng(0).uniform(0, 20, 300))
     bounds = micro_batches(ts, 0.2, 7)
