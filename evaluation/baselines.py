@@ -84,7 +84,7 @@ class Cooccurrence:
     The query reads the user's items as the deployed system had applied them when asked
     (:attr:`EvalBatch.applied_recent`), as a co-occurrence recommender running in the same
     system would; ``exact_history`` reads every earlier item instead, even those of the same
-    micro-batch, an oracle no live system has (variant ``cooccurrence_exact``; the runner also
+    slice of a micro-batch, an oracle no live system has (variant ``cooccurrence_exact``; the runner also
     excludes the user's items as of the target itself for it).
     """
 

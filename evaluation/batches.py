@@ -29,8 +29,8 @@ class EvalBatch:
     """Events ``events`` (indices into ``stream``, in order) and their per-event arrays.
 
     ``as_of``: per event, the event whose history the deployed system had applied when it was
-    asked (the user's first event of the worker's micro-batch: what serving can know); None = the
-    event itself (the exact history, which no live system has for events of the same batch).
+    asked (the user's first event of the worker's slice: what serving can know); None = the event
+    itself (the exact history, which no live system has for events of the same slice).
     """
 
     stream: EvalStream

@@ -48,7 +48,7 @@ class EvalConfig:
         trending_half_life_s: half-life of the ``trending`` baseline.
         cooccurrence_query: the user's last items the ``cooccurrence`` baselines sum over
             (``cooccurrence``: as the system had applied them when asked; ``cooccurrence_exact``:
-            every earlier event, those of the same micro-batch too).
+            every earlier event, those of the same slice too).
         cooccurrence_window: pairs counted within this many of a user's actions (None = all).
         period_s: width of the periods of the over-time metrics.
         variants: which variants to run.
