@@ -116,8 +116,7 @@ def test_recall_equals_a_brute_force_sum_and_sort_over_random_streams(store) -> 
     rng = random.Random(7)
     events = clicks([(f"u{rng.randrange(6)}", f"i{rng.randrange(25)}") for _ in range(300)])
     writer.write_many(events, now=T0)
-    users = [f"u{n}" for n in range(6)]
-    for user, got in zip(users, reader.recall_many(users, top=8)):
+    for got in reader.recall_many([f"u{n}" for n in range(6)], top=8):
         sums: Counter = Counter()
         for h in got.recent[: config.covisit_query]:
             sums.update(stored(reader, h))
