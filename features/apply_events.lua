@@ -1,4 +1,6 @@
 -- Applies a batch of events to the feature store atomically and at most once.
+-- KEYS[1]: the shard's watermark key, which routes the call on a Redis Cluster; every key the
+--       script builds from the prefix shares its hash tag, hence its slot (features/shards.py).
 -- ARGV: prefix, dedupe_window (seconds an event_id mark lives; 0: none), key_ttl, recent_n,
 --       session_gap, trend_tau, pop_tau, ranking_size, catalog_size, covisit_window, covisit_keep,
 --       uc_window (the window, 1-based, of the (user, category) counters; 0: none), nwin, then

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from features.shards import ShardLayout
 from features.windows import DEFAULT_WINDOWS, WindowSpec
 from rtrec.settings import DEFAULT_DEDUPE_WINDOW_S, DEFAULT_MAX_EVENT_AHEAD_S
 
@@ -33,6 +35,23 @@ class FeatureConfig:
     max_event_ahead_s: float = DEFAULT_MAX_EVENT_AHEAD_S  # later event times are refused (wall clock)
     prefix: str = "rtrec:"
     positive_actions: frozenset[str] = field(default=POSITIVE_ACTIONS)
+    shards: int = 1  # shards by user (features/shards.py); writers and readers must agree
+    hash_tags: bool = False  # tag the keys of even one shard (a Redis Cluster needs it)
+
+    @property
+    def layout(self) -> ShardLayout:
+        """Where each user's features live: the shards' prefixes (features/shards.py)."""
+        return ShardLayout(self.prefix, self.shards, self.hash_tags)
+
+    @classmethod
+    def from_settings(cls, settings: Any, redis_url: str | None = None) -> "FeatureConfig":
+        """The configuration every process of a deployment derives alike from its settings: the
+        shard count (``RTREC_FEATURE_SHARDS``), hash tags where the Redis URL (``redis_url``, else
+        the settings') names a cluster, the event-time bound and the dedupe window."""
+        from features.client import is_cluster_url
+
+        return cls(shards=settings.feature_shards, hash_tags=is_cluster_url(redis_url or settings.redis_url),
+                   max_event_ahead_s=settings.max_event_ahead_s, dedupe_window_s=settings.dedupe_window_s)
 
     @property
     def key_ttl_s(self) -> int:

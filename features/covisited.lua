@@ -1,7 +1,10 @@
 -- What serving's first round trip needs of each user: the items they acted on last (serving blocks
 -- them and the user tower reads them) and the items most co-visited with their last `query` ones
 -- (a retrieval channel beside the user vector: "users who liked these also liked").
--- ARGV: prefix, query, top, the users as ONE JSON array.
+-- KEYS[1]: a key of the shard (routes the call on a cluster; the keys built here share its tag).
+-- ARGV: prefix, query, top, the users as ONE JSON array, and optionally their recent lists as ONE
+-- JSON array (newest first), read elsewhere: a sharded store keeps a user's list in the user's shard
+-- and partial co-visit counts in every shard (features/shards.py).
 -- Returns per user {recent items (newest first), {item, score, item, score, ...}}: at most `top`
 -- items, best first (ties by name), none of them in the user's recent list; an item's score is the
 -- sum over the user's last `query` items h of the times h and the item were co-visited
@@ -13,9 +16,10 @@
 local p, query, top = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local unpack = unpack or table.unpack
 local scratch = p .. 'covisited:scratch'
+local given = ARGV[5] and cjson.decode(ARGV[5])
 local out = {}
 for n, user in ipairs(cjson.decode(ARGV[4])) do
-  local recent = redis.call('LRANGE', p .. 'recent:' .. user, 0, -1)
+  local recent = given and given[n] or redis.call('LRANGE', p .. 'recent:' .. user, 0, -1)
   local best = {}
   local q = top > 0 and math.min(query, #recent) or 0  -- the channel off: recent items only
   if q > 0 then

@@ -4,6 +4,10 @@ Window counts are read at the store's watermark (the newest event time applied),
 a replayed historical stream mean the same as those of a live one. They are binary ring strings
 (:class:`features.windows.RingLayout`), fetched by MGET and summed with numpy (:class:`RingRead`).
 
+On a sharded store (features/shards.py) a user's counts and lists come from the user's shard,
+an item's and the stream's counts are summed over the shards, ranking scores merged as sums of
+decayed counts, and the watermark is the newest over the shards.
+
 Returned per entity: ``counts`` (``{"<action>_<window>": n}``), ``ctr_<window>`` for items and the
 stream (clicks / impressions, smoothed towards the stream's CTR with ``ctr_prior_strength``
 pseudo-impressions), ``last_ts``, and for users ``recent_items`` and ``session_items``.
@@ -24,6 +28,7 @@ import redis.asyncio
 from features import keys
 from features.config import FeatureConfig
 from features.ids import distinct
+from features.shards import ShardLayout
 from features.windows import RingLayout
 
 COVISITS_SCRIPT = resources.files("features").joinpath("covisits.lua").read_text()
@@ -55,25 +60,54 @@ class FeatureReader:
         self._covisits_script = client.register_script(COVISITS_SCRIPT)
         self._covisited_script = client.register_script(COVISITED_SCRIPT)
         self._rings_script = client.register_script(RINGS_SCRIPT)
+        self.layout: ShardLayout = self.config.layout
 
     def watermark(self) -> float:
         """Newest event time applied so far (0 before the first event)."""
-        return float(self.client.get(keys.watermark(self.config.prefix)) or 0.0)
+        return self.watermark_of(self.run_pipeline(self.queue_watermarks))
+
+    def queue_watermarks(self, pipe: Any) -> int:
+        """Queue a GET of each shard's watermark; returns how many replies :meth:`watermark_of` takes."""
+        for prefix in self.layout.prefixes:
+            pipe.get(keys.watermark(prefix))
+        return len(self.layout.prefixes)
+
+    @staticmethod
+    def watermark_of(replies: Sequence[Any]) -> float:
+        """The store's watermark from the shards' (the newest; 0 before the first event)."""
+        return max((float(r) for r in replies if r is not None), default=0.0)
+
+    def shard_groups(self, user_ids: Sequence[str]) -> list[tuple[int, list[int] | None]]:
+        """``(shard, indexes into user_ids)`` of each shard holding some of the users; one
+        ``(0, None)`` (all of them) on an unsharded store."""
+        if not self.layout.sharded:
+            return [(0, None)]
+        groups: dict[int, list[int]] = {}
+        for n, shard in enumerate(self.layout.of_users(list(user_ids))):
+            groups.setdefault(shard, []).append(n)
+        return sorted(groups.items())
 
     def users(self, user_ids: Sequence[str]) -> list[dict]:
         """Features of each user, in order; unknown users get zero counts and empty lists."""
-        p = self.config.prefix
         wm, actions = self._watermark_and_actions()
+        prefixes = [self.layout.prefixes[g] for g in self.layout.of_users(list(user_ids))]
+        groups = self.shard_groups(user_ids)
 
         def build(pipe: Any) -> None:
-            for u in user_ids:
+            for u, p in zip(user_ids, prefixes):
                 pipe.hget(keys.user_state(p, u), "last_ts")
                 pipe.lrange(keys.recent(p, u), 0, -1)
                 pipe.lrange(keys.session(p, u), 0, -1)
-            self._queue_rings(pipe, "u", user_ids, actions)
+            for shard, rows in groups:
+                part = user_ids if rows is None else [user_ids[r] for r in rows]
+                self._queue_rings(pipe, self.layout.prefixes[shard], "u", part, actions)
 
         replies = self.run_pipeline(build)
-        counts = self._all_counts(replies[-1], len(user_ids), actions, wm)
+        blobs: list[Any] = [None] * (len(user_ids) * len(actions))
+        for (_, rows), part in zip(groups, replies[3 * len(user_ids):]):
+            for k, r in enumerate(range(len(user_ids)) if rows is None else rows):
+                blobs[r * len(actions):(r + 1) * len(actions)] = part[k * len(actions):(k + 1) * len(actions)]
+        counts = self._all_counts([blobs], len(user_ids), actions, wm)
         out = []
         for n in range(len(user_ids)):
             last_ts, recent, session = replies[3 * n: 3 * n + 3]
@@ -85,25 +119,29 @@ class FeatureReader:
     def stream(self) -> dict:
         """Stream-wide features: counts per action and window over every event."""
         wm, actions = self._watermark_and_actions()
-        (blobs,) = self.run_pipeline(lambda pipe: self._queue_rings(pipe, "g", [""], actions))
-        return {"counts": self._all_counts(blobs, 1, actions, wm)[0], "last_ts": 0.0}
+        parts = self.run_pipeline(lambda pipe: [self._queue_rings(pipe, p, "g", [""], actions)
+                                                for p in self.layout.prefixes])
+        return {"counts": self._all_counts(parts, 1, actions, wm)[0], "last_ts": 0.0}
 
     def items(self, item_ids: Sequence[str]) -> list[dict]:
         """Features of each item, in order, with smoothed CTRs and trending/popularity scores."""
-        p = self.config.prefix
         wm, actions = self._watermark_and_actions()
         names = list(item_ids) or [""]
 
         def build(pipe: Any) -> None:
-            self._queue_rings(pipe, "i", item_ids, actions)
-            self._queue_rings(pipe, "g", [""], actions)
-            pipe.hmget(keys.catalog(p), names)
-            pipe.zmscore(keys.ranking(p, "trending"), names)
-            pipe.zmscore(keys.ranking(p, "popular"), names)
+            for p in self.layout.prefixes:
+                self._queue_rings(pipe, p, "i", item_ids, actions)
+                self._queue_rings(pipe, p, "g", [""], actions)
+                pipe.hmget(keys.catalog(p), names)
+                pipe.zmscore(keys.ranking(p, "trending"), names)
+                pipe.zmscore(keys.ranking(p, "popular"), names)
 
-        blobs, stream_blobs, categories, trending, popular = self.run_pipeline(build)
+        replies = self.run_pipeline(build)
+        blobs, stream_blobs, cats, trends, pops = (replies[k::5] for k in range(5))
         counts = self._all_counts(blobs, len(item_ids), actions, wm)
         stream = self._all_counts(stream_blobs, 1, actions, wm)[0]
+        categories = first_known(cats)
+        trending, popular = merge_log_scores(trends), merge_log_scores(pops)
         out = []
         for n in range(len(item_ids)):
             features: dict[str, Any] = {"counts": counts[n], "last_ts": 0.0,
@@ -117,64 +155,129 @@ class FeatureReader:
 
     def recent_items(self, user_id: str) -> list[str]:
         """The items the user acted on last, newest first (what serving blocks and the user tower reads)."""
-        return [r.decode() for r in self.client.lrange(keys.recent(self.config.prefix, user_id), 0, -1)]
+        return [r.decode() for r in self.client.lrange(keys.recent(self.layout.prefix_of(user_id), user_id), 0, -1)]
 
     def recent_items_many(self, user_ids: Sequence[str], limit: int | None = None) -> list[list[str]]:
         """:meth:`recent_items` of several users (at most the newest ``limit`` each) in one round
         trip; a user named several times is read once."""
         users, row = distinct(list(user_ids))
-        replies = self.run_pipeline(self._queue_recent(users, limit)) if users and limit != 0 else []
+        replies = self.run_pipeline(self.recent_queue(users, limit)) if users and limit != 0 else []
         return _recent_lists(replies, users, row)
 
     async def recent_items_many_async(self, user_ids: Sequence[str], limit: int | None = None) -> list[list[str]]:
         """:meth:`recent_items_many` without blocking the event loop (with an ``async_client``)."""
         users, row = distinct(list(user_ids))
-        replies = await self.run_pipeline_async(self._queue_recent(users, limit)) if users and limit != 0 else []
+        replies = await self.run_pipeline_async(self.recent_queue(users, limit)) if users and limit != 0 else []
         return _recent_lists(replies, users, row)
 
-    def _queue_recent(self, users: Sequence[str], limit: int | None) -> Callable[[Any], None]:
+    def recent_queue(self, users: Sequence[str], limit: int | None) -> Callable[[Any], None]:
         """What queues one LRANGE of each user's newest ``limit`` recent items (all with None)."""
         last = -1 if limit is None else limit - 1
-        prefix = self.config.prefix
+        prefixes = [self.layout.prefixes[g] for g in self.layout.of_users(list(users))]
 
         def queue(pipe: Any) -> None:
-            for u in users:
+            for u, prefix in zip(users, prefixes):
                 pipe.lrange(keys.recent(prefix, u), 0, last)
         return queue
 
     def recall_many(self, user_ids: Sequence[str], top: int) -> list[UserRecall]:
         """Each user's recent items and their ``top`` most co-visited items not among them (summed
-        over the last ``covisit_query`` recent items), in one round trip: what serving reads first."""
-        return self._recalls(self.run_pipeline(lambda pipe: self._queue_recall(pipe, user_ids, top)))
+        over the last ``covisit_query`` recent items), in one round trip (two on a sharded store:
+        the users' lists first): what serving reads first."""
+        recent = self.recent_items_many(user_ids) if self.layout.sharded else None
+        return self._recalls(self.run_pipeline(lambda pipe: self._queue_recall(pipe, user_ids, top, recent)), top)
 
     async def recall_many_async(self, user_ids: Sequence[str], top: int) -> list[UserRecall]:
         """:meth:`recall_many` without blocking the event loop (with an ``async_client``)."""
-        return self._recalls(await self.run_pipeline_async(lambda pipe: self._queue_recall(pipe, user_ids, top)))
+        recent = await self.recent_items_many_async(user_ids) if self.layout.sharded else None
+        return self._recalls(await self.run_pipeline_async(
+            lambda pipe: self._queue_recall(pipe, user_ids, top, recent)), top)
 
-    def _queue_recall(self, pipe: Any, user_ids: Sequence[str], top: int) -> None:
-        pipe.evalsha(self._covisited_script.sha, 0, self.config.prefix, self.config.covisit_query, top,
-                     orjson.dumps(list(user_ids)))
+    def _queue_recall(self, pipe: Any, user_ids: Sequence[str], top: int, recent: list[list[str]] | None) -> None:
+        users = orjson.dumps(list(user_ids))
+        if recent is None:
+            pipe.evalsha(self._covisited_script.sha, 1, self.layout.route(0), self.layout.prefixes[0],
+                         self.config.covisit_query, top, users)
+            return
+        lists = orjson.dumps(recent)  # every shard holds part of each item's co-visits: ask each for more
+        for shard, prefix in enumerate(self.layout.prefixes):
+            pipe.evalsha(self._covisited_script.sha, 1, self.layout.route(shard), prefix,
+                         self.config.covisit_query, 2 * top, users, lists)
 
     @staticmethod
-    def _recalls(replies: list) -> list[UserRecall]:
-        return [UserRecall([r.decode() for r in recent], [i.decode() for i in best[0::2]], [int(x) for x in best[1::2]])
-                for recent, best in replies[0]]
+    def _recalls(replies: list, top: int) -> list[UserRecall]:
+        if len(replies) == 1:
+            return [UserRecall([r.decode() for r in recent], [i.decode() for i in best[0::2]],
+                               [int(x) for x in best[1::2]])
+                    for recent, best in replies[0]]
+        out = []
+        for parts in zip(*replies):  # one user: the shards' partial sums, added up
+            sums: dict[bytes, int] = {}
+            for _, best in parts:
+                for item, score in zip(best[0::2], best[1::2]):
+                    sums[item] = sums.get(item, 0) + int(score)
+            ranked = sorted(sums.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+            out.append(UserRecall([r.decode() for r in parts[0][0]], [i.decode() for i, _ in ranked],
+                                  [s for _, s in ranked]))
+        return out
 
-    def covisit_scores(self, pipe: Any, user_ids: Sequence[str], pairs: Sequence[tuple[int, str]]) -> None:
+    def covisit_scores(self, pipe: Any, user_ids: Sequence[str], pairs: Sequence[tuple[int, str]],
+                       recent: Sequence[Sequence[str]] | None = None) -> int:
         """Queue on ``pipe`` the co-visitation score of each ``(index into user_ids, item)`` pair:
         the sum over the user's last ``covisit_query`` items of the times each was co-visited with
-        the item. The reply is one integer per pair (the ranking feature ``pair_log_covisits``)."""
+        the item (the ranking feature ``pair_log_covisits``). A sharded store needs the users'
+        ``recent`` lists (newest first) and is asked once per shard. Returns how many replies
+        :func:`covisit_sums` adds up into one integer per pair."""
         c = self.config
-        pipe.evalsha(self._covisits_script.sha, 0, c.prefix, c.covisit_query, orjson.dumps(list(user_ids)),
-                     orjson.dumps([(u + 1, i) for u, i in pairs]))
+        users, rows = orjson.dumps(list(user_ids)), orjson.dumps([(u + 1, i) for u, i in pairs])
+        if not self.layout.sharded:
+            pipe.evalsha(self._covisits_script.sha, 1, self.layout.route(0), self.layout.prefixes[0],
+                         c.covisit_query, users, rows)
+            return 1
+        if recent is None:
+            raise ValueError("a sharded feature store needs the users' recent lists for co-visit scores")
+        lists = orjson.dumps([list(r[:c.covisit_query]) for r in recent])
+        for shard, prefix in enumerate(self.layout.prefixes):
+            pipe.evalsha(self._covisits_script.sha, 1, self.layout.route(shard), prefix, c.covisit_query,
+                         users, rows, lists)
+        return len(self.layout.prefixes)
 
-    def catalog_since(self, cursor: int, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], int]:
+    def catalog_since(self, cursor: Any, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], Any]:
         """Catalogue entries ``(item, category or None)`` added or changed after ``cursor``, and the new cursor.
 
         Start from cursor 0; pass back what was returned to get only later changes (at most
-        ``limit`` per call, oldest first). A cursor ahead of the store (Redis was emptied) starts over.
+        ``limit`` per call and shard, oldest first). A cursor ahead of the store (Redis was
+        emptied) starts over. On a sharded store the cursor is a tuple, one number per shard.
         """
-        p = self.config.prefix
+        if not self.layout.sharded:
+            return self._catalog_since(self.layout.prefixes[0], int(cursor), limit)
+        cursors = cursor if isinstance(cursor, tuple) else (int(cursor),) * len(self.layout.prefixes)
+        entries: list[tuple[str, str | None]] = []
+        moved = []
+        for prefix, at in zip(self.layout.prefixes, cursors):
+            found, at = self._catalog_since(prefix, at, limit)
+            entries += found
+            moved.append(at)
+        merged: dict[str, str | None] = {}
+        for name, category in entries:  # an item several shards list: the category one of them knows
+            merged[name] = merged.get(name) or category
+        return list(merged.items()), tuple(moved)
+
+    def categories(self, item_ids: Sequence[str]) -> list[str | None]:
+        """Each item's category in the catalogue (None if unknown), from every shard (one round trip)."""
+        return _decoded_categories(self.run_pipeline(lambda pipe: self.queue_categories(pipe, item_ids)))
+
+    async def categories_async(self, item_ids: Sequence[str]) -> list[str | None]:
+        """:meth:`categories` without blocking the event loop."""
+        return _decoded_categories(await self.run_pipeline_async(lambda pipe: self.queue_categories(pipe, item_ids)))
+
+    def queue_categories(self, pipe: Any, item_ids: Sequence[str]) -> None:
+        """Queue an HMGET of the items' catalogue entries in each shard (see :meth:`categories`)."""
+        for p in self.layout.prefixes:
+            pipe.hmget(keys.catalog(p), list(item_ids) or [""])
+
+    def _catalog_since(self, p: str, cursor: int, limit: int) -> tuple[list[tuple[str, str | None]], int]:
+        """:meth:`catalog_since` of the shard with prefix ``p``."""
         pipe = self.client.pipeline(transaction=False)
         pipe.zrangebyscore(keys.catalog_log(p), f"({cursor}", "+inf", start=0, num=limit, withscores=True)
         pipe.get(keys.catalog_seq(p))
@@ -191,9 +294,16 @@ class FeatureReader:
         if ranking not in ("trending", "popular"):
             raise ValueError(f"unknown ranking {ranking!r}")
         tau = self.config.trending_tau_s if ranking == "trending" else self.config.popular_tau_s
-        wm = self.watermark()
-        rows = self.client.zrevrange(keys.ranking(self.config.prefix, ranking), 0, k - 1, withscores=True)
-        return [(item.decode(), self._decayed(score, tau, wm)) for item, score in rows]
+
+        def build(pipe: Any) -> None:
+            self.queue_watermarks(pipe)
+            for p in self.layout.prefixes:
+                pipe.zrevrange(keys.ranking(p, ranking), 0, k - 1, withscores=True)
+
+        replies = self.run_pipeline(build)
+        shards = len(self.layout.prefixes)
+        wm = self.watermark_of(replies[:shards])
+        return [(item.decode(), self._decayed(score, tau, wm)) for item, score in merge_top(replies[shards:], k)]
 
     async def top_many_async(self, rankings: Sequence[str], k: int) -> dict[str, list[tuple[str, float]]]:
         """:meth:`top` of several rankings in one round trip, without blocking the event loop."""
@@ -201,13 +311,18 @@ class FeatureReader:
         if any(r not in taus for r in rankings):
             raise ValueError(f"unknown ranking in {rankings!r}")
 
-        def build(pipe: Any) -> None:
-            pipe.get(keys.watermark(self.config.prefix))
-            for ranking in rankings:
-                pipe.zrevrange(keys.ranking(self.config.prefix, ranking), 0, k - 1, withscores=True)
+        shards = len(self.layout.prefixes)
 
-        wm, *rows = await self.run_pipeline_async(build)
-        return {r: [(item.decode(), self._decayed(score, taus[r], float(wm or 0.0))) for item, score in found]
+        def build(pipe: Any) -> None:
+            self.queue_watermarks(pipe)
+            for ranking in rankings:
+                for p in self.layout.prefixes:
+                    pipe.zrevrange(keys.ranking(p, ranking), 0, k - 1, withscores=True)
+
+        replies = await self.run_pipeline_async(build)
+        wm = self.watermark_of(replies[:shards])
+        rows = [merge_top(replies[shards * (1 + n):shards * (2 + n)], k) for n in range(len(rankings))]
+        return {r: [(item.decode(), self._decayed(score, taus[r], wm)) for item, score in found]
                 for r, found in zip(rankings, rows)}
 
     def window_counts(self, kind: str, ids: Sequence[Any], names: Sequence[str]) -> np.ndarray:
@@ -215,14 +330,16 @@ class FeatureReader:
         stream (``"g"``, one row) or (user, item) pairs (``"uc"``, ids ``(user, item)``: the user's
         counts of the item's category, zeros where the catalogue has none) at the watermark, in one
         round trip: ``int64 (len(ids), len(names))``. Many reads in one pipeline: :class:`RingRead`."""
-        read = RingRead(self, kind, ids, names)
+        cats = self.categories([i for _, i in ids]) if kind == "uc" and self.layout.sharded else None
+        read = RingRead(self, kind, ids, names, categories=cats)
+        shards = len(self.layout.prefixes)
 
         def build(pipe: Any) -> None:
-            pipe.get(keys.watermark(self.config.prefix))
+            self.queue_watermarks(pipe)
             read.build(pipe)
 
-        wm, reply = self.run_pipeline(build)
-        return read.decode(reply, float(wm or 0.0))
+        replies = self.run_pipeline(build)
+        return read.decode(replies[shards:], self.watermark_of(replies[:shards]))
 
     def run_pipeline(self, build: Callable[[redis.client.Pipeline], None]) -> list:
         """Queue commands with ``build`` (e.g. :meth:`window_counts` with a pipe) and run them in one
@@ -257,30 +374,38 @@ class FeatureReader:
 
     def _watermark_and_actions(self) -> tuple[float, list[str]]:
         """The watermark and every action the store has counted (the rings to read per entity)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(keys.watermark(self.config.prefix))
-        pipe.smembers(keys.actions(self.config.prefix))
-        wm, actions = pipe.execute()
-        return float(wm or 0.0), sorted(a.decode() for a in actions)
 
-    def _queue_rings(self, pipe: Any, kind: str, ids: Sequence[str], actions: Sequence[str]) -> None:
-        """Queue an MGET of the rings of ``ids`` times ``actions`` (entity-major); with none to read,
-        of one key that is never a ring (MGET needs a key; :meth:`_all_counts` ignores the reply)."""
-        p = self.config.prefix
-        pipe.mget(RingRead.keys_of(p, kind, ids, actions) or [keys.watermark(p)])
+        def build(pipe: Any) -> None:
+            self.queue_watermarks(pipe)
+            for p in self.layout.prefixes:
+                pipe.smembers(keys.actions(p))
 
-    def _all_counts(self, blobs: Sequence[bytes | None], n: int, actions: Sequence[str],
+        replies = self.run_pipeline(build)
+        shards = len(self.layout.prefixes)
+        actions = set().union(*replies[shards:])
+        return self.watermark_of(replies[:shards]), sorted(a.decode() for a in actions)
+
+    def _queue_rings(self, pipe: Any, p: str, kind: str, ids: Sequence[str], actions: Sequence[str]) -> None:
+        """Queue a read of the rings of ``ids`` times ``actions`` (entity-major) under prefix ``p``,
+        by ``rings.lua`` (a cluster pipeline refuses MGET; the script's keys share ``p``'s slot)."""
+        pipe.evalsha(self._rings_script.sha, 1, p + "wm", p, kind, orjson.dumps(list(actions)),
+                     orjson.dumps(list(ids)), "0")
+
+    def _all_counts(self, parts: Sequence[Sequence[bytes | None]], n: int, actions: Sequence[str],
                     watermark: float) -> list[dict[str, int]]:
         """``{"<action>_<window>": count}`` of ``n`` entities from their rings of ``actions``
-        (``n * len(actions)`` strings, entity-major); an action without a ring is left out."""
+        (per part, e.g. per shard, ``n * len(actions)`` strings, entity-major), summed over the
+        parts; an action without a ring in any part is left out."""
         layout = RingLayout(self.config.windows)
         out: list[dict[str, int]] = [{} for _ in range(n)]
         if not actions or not n:
             return out
-        words = layout.decode(blobs[: n * len(actions)])
-        present = np.array([b is not None for b in blobs[: n * len(actions)]]).reshape(n, len(actions))
+        size = n * len(actions)
+        words = [layout.decode(blobs[:size]) for blobs in parts]
+        present = np.array([[b is not None for b in blobs[:size]] for blobs in parts]).any(axis=0)
+        present = present.reshape(n, len(actions))
         for w in self.config.windows:
-            sums = layout.sums(words, w.name, watermark).reshape(n, len(actions))
+            sums = sum(layout.sums(part, w.name, watermark) for part in words).reshape(n, len(actions))
             for e, a in zip(*np.nonzero(present)):
                 out[e][f"{actions[a]}_{w.name}"] = int(sums[e, a])
         return out
@@ -300,14 +425,18 @@ class FeatureReader:
 
 
 class RingRead:
-    """A queued read of window counts (:meth:`build` on a pipeline, :meth:`decode` of its reply):
+    """A queued read of window counts (:meth:`build` on a pipeline, :meth:`decode` of its replies):
     the ring strings of the actions ``names`` need, of users, items, the stream or (user, item
     category) pairs, fetched by ``rings.lua`` (one JSON argument, bulk commands inside) and
-    summed at the watermark with numpy. With ``extras`` (items) the reply also holds the items'
-    trending log-scores and catalogue categories (:meth:`extras`)."""
+    summed at the watermark with numpy. Users' rings are read from each user's shard; items' and
+    the stream's from every shard, and added up. With ``extras`` (items) the replies also hold the
+    items' trending log-scores and catalogue categories (:meth:`extras`)."""
 
     def __init__(self, reader: FeatureReader, kind: str, ids: Sequence[Any], names: Sequence[str],
-                 extras: bool = False) -> None:
+                 extras: bool = False, categories: Sequence[str | None] | None = None) -> None:
+        """``categories`` (``"uc"``): each pair's item category, read beforehand from every shard's
+        catalogue (:meth:`FeatureReader.categories`); needed on a sharded store, where the user's
+        shard may not know the item."""
         if kind not in ("u", "i", "g", "uc"):
             raise ValueError(f"kind must be u, i, g or uc, got {kind!r}")
         if extras and kind != "i":
@@ -328,6 +457,19 @@ class RingRead:
         self.actions = list(dict.fromkeys(a for a, _ in self.names))
         self.reader, self.kind = reader, kind
         self.ids = [""] if kind == "g" else list(ids)
+        if kind == "uc" and categories is not None:
+            self.ids = [(u, i, c or "") for (u, i), c in zip(self.ids, categories)]
+        elif kind == "uc" and reader.layout.sharded:
+            raise ValueError("a sharded feature store reads user-category counts with the items' categories")
+        if kind in ("u", "uc"):  # a user's rings live in the user's shard
+            self.parts = reader.shard_groups([i if kind == "u" else i[0] for i in self.ids])
+        else:  # every shard holds part of every item's (and the stream's) counts
+            self.parts = [(shard, None) for shard in range(len(reader.layout.prefixes))]
+
+    @property
+    def replies(self) -> int:
+        """How many replies :meth:`build` queues (one per shard read)."""
+        return len(self.parts)
 
     @staticmethod
     def keys_of(prefix: str, kind: str, ids: Sequence[str], actions: Sequence[str]) -> list[str]:
@@ -337,23 +479,76 @@ class RingRead:
         return [f"{head}{i}{end}" for i in ids for end in ends]
 
     def build(self, pipe: Any) -> None:
-        pipe.evalsha(self.reader._rings_script.sha, 0, self.reader.config.prefix, self.kind,
-                     orjson.dumps(self.actions), orjson.dumps([list(i) if self.kind == "uc" else i for i in self.ids]),
-                     "1" if self.extras else "0")
+        layout, actions = self.reader.layout, orjson.dumps(self.actions)
+        for shard, rows in self.parts:
+            ids = self.ids if rows is None else [self.ids[r] for r in rows]
+            pipe.evalsha(self.reader._rings_script.sha, 1, layout.route(shard), layout.prefixes[shard], self.kind,
+                         actions, orjson.dumps([list(i) if self.kind == "uc" else i for i in ids]),
+                         "1" if self.extras else "0")
 
-    @staticmethod
-    def extras_of(reply: list) -> tuple[list, list]:
-        """The trending log-scores and catalogue categories of an ``extras`` reply (None where absent)."""
-        return reply[1], reply[2]
+    def extras_of(self, replies: Sequence[Any]) -> tuple[list, list]:
+        """The items' trending log-scores (merged over the shards; None if unranked) and catalogue
+        categories (the first shard's that knows one; None if unknown) of ``extras`` replies."""
+        return merge_log_scores([r[1] for r in replies]), first_known([r[2] for r in replies])
 
-    def decode(self, reply: Sequence[Any], watermark: float) -> np.ndarray:
-        n, per = len(self.ids), len(self.actions)
-        words = self.layout.decode(list(reply[0] if self.extras else reply)[: n * per])
-        out = np.zeros((n, len(self.names)), dtype=np.int64)
-        sums = {w: self.layout.sums(words, w, watermark).reshape(n, per) for w in {w for _, w in self.names}}
-        for col, (action, window) in enumerate(self.names):
-            out[:, col] = sums[window][:, self.actions.index(action)]
+    def decode(self, replies: Sequence[Any], watermark: float) -> np.ndarray:
+        """``int64 (len(ids), len(names))`` from the :attr:`replies` replies :meth:`build` queued."""
+        per = len(self.actions)
+        out = np.zeros((len(self.ids), len(self.names)), dtype=np.int64)
+        for (_, rows), reply in zip(self.parts, replies):
+            n = len(self.ids) if rows is None else len(rows)
+            words = self.layout.decode(list(reply[0] if self.extras else reply)[: n * per])
+            sums = {w: self.layout.sums(words, w, watermark).reshape(n, per) for w in {w for _, w in self.names}}
+            part = np.stack([sums[window][:, self.actions.index(action)] for action, window in self.names], axis=1) \
+                if self.names else np.zeros((n, 0), dtype=np.int64)
+            if rows is None:
+                out += part
+            else:
+                out[rows] = part
         return out
+
+
+def merge_log_scores(parts: Sequence[Sequence[Any]]) -> list[float | None]:
+    """Per entry, the log of the summed exponentials of the shards' log-scores (a forward-decayed
+    count split over shards adds up so), None where no shard has one.
+
+    >>> merge_log_scores([[b"0", None], [b"0", None]])[0] == float(np.log(2)), merge_log_scores([[None]])
+    (True, [None])
+    """
+    if len(parts) == 1:
+        return [None if v is None else float(v) for v in parts[0]]
+    values = np.array([[-np.inf if v is None else float(v) for v in part] for part in parts], dtype=np.float64)
+    merged = np.logaddexp.reduce(values, axis=0)
+    return [None if np.isneginf(v) else float(v) for v in merged.tolist()]
+
+
+def first_known(parts: Sequence[Sequence[Any]]) -> list[Any]:
+    """Per entry, the first shard's non-empty value (None where none has one)."""
+    if len(parts) == 1:
+        return list(parts[0])
+    return [next((v for v in column if v), column[0]) for column in zip(*parts)]
+
+
+def merge_top(parts: Sequence[Sequence[tuple[bytes, float]]], k: int) -> list[tuple[bytes, float]]:
+    """The ``k`` best of the shards' ``(item, log-score)`` rankings merged (:func:`merge_log_scores`)."""
+    if len(parts) == 1:
+        return list(parts[0])
+    merged: dict[bytes, float] = {}
+    for part in parts:
+        for item, score in part:
+            merged[item] = float(np.logaddexp(merged[item], score)) if item in merged else float(score)
+    return sorted(merged.items(), key=lambda kv: -kv[1])[:k]
+
+
+def covisit_sums(replies: Sequence[Sequence[int]]) -> np.ndarray:
+    """One co-visit score per pair from the replies :meth:`FeatureReader.covisit_scores` queued."""
+    return np.sum([np.asarray(r, dtype=np.float64) for r in replies], axis=0) if len(replies) > 1 \
+        else np.asarray(replies[0], dtype=np.float64)
+
+
+def _decoded_categories(replies: Sequence[Sequence[bytes | None]]) -> list[str | None]:
+    """Per item, the first shard's non-empty category (None if no shard knows one)."""
+    return [c.decode() if c else None for c in first_known(replies)]
 
 
 def _recent_lists(replies: Sequence[Sequence[bytes]], users: Sequence[str], row: np.ndarray) -> list[list[str]]:

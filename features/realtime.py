@@ -21,9 +21,8 @@ from typing import Sequence
 import numpy as np
 import redis
 
-from features import keys
 from features.ids import distinct
-from features.reader import FeatureReader, RingRead
+from features.reader import FeatureReader, RingRead, covisit_sums, first_known
 from rtrec.recipe.model import REALTIME_FEATURES
 
 __all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "read_realtime_many",
@@ -100,6 +99,8 @@ def read_realtime_many(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str
     query, bounds = RealtimeQuery.merged(reader, pairs, categories)
     if query is None:
         return [RealtimeReads.empty(categories) for _ in pairs]
+    if reader.layout.sharded:  # first the users' lists and the items' categories, from their shards
+        query.prefetched(reader.run_pipeline(query.prefetch))
     return query.decode(reader.run_pipeline(query.build)).split(bounds)
 
 
@@ -109,6 +110,8 @@ async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[
     query, bounds = RealtimeQuery.merged(reader, pairs, categories)
     if query is None:
         return [RealtimeReads.empty(categories) for _ in pairs]
+    if reader.layout.sharded:
+        query.prefetched(await reader.run_pipeline_async(query.prefetch))
     return query.decode(await reader.run_pipeline_async(query.build)).split(bounds)
 
 
@@ -143,29 +146,56 @@ class RealtimeQuery:
         self.items, self.item_row = distinct(self.pair_items)
         user_row = np.broadcast_to(self.user_row, (self.n,)).tolist()
         self.pairs = list(zip(user_row, self.pair_items))
-        self.reads = (RingRead(reader, "i", self.items, ITEM_COUNTS, extras=True),
-                      RingRead(reader, "u", self.users, USER_COUNTS),
-                      RingRead(reader, "g", [], ITEM_COUNTS),
-                      RingRead(reader, "uc", [(self.users[u], i) for u, i in self.pairs], USER_CATEGORY_COUNTS))
+        self.recent: list[list[str]] | None = None  # the users' recent lists: a sharded store needs them
+        self.reads = self._reads()
+        self._sizes: list[int] = []
+
+    def _reads(self, categories: Sequence[str | None] | None = None) -> tuple[RingRead, ...]:
+        """The ring reads of the query; ``categories``: each pair's item category (sharded stores)."""
+        reader = self.reader
+        uc_pairs = [(self.users[u], i) for u, i in self.pairs]
+        return (RingRead(reader, "i", self.items, ITEM_COUNTS, extras=True),
+                RingRead(reader, "u", self.users, USER_COUNTS),
+                RingRead(reader, "g", [], ITEM_COUNTS),
+                RingRead(reader, "uc", uc_pairs, USER_CATEGORY_COUNTS, categories=categories)
+                if categories is not None or not reader.layout.sharded else None)
+
+    def prefetch(self, pipe: redis.client.Pipeline) -> None:
+        """Queue what a sharded store must read before the query: the users' last items (co-visit
+        scores are summed over the shards with them) and the items' categories (a user's shard
+        may not know an item's)."""
+        self.reader.recent_queue(self.users, self.reader.config.covisit_query)(pipe)
+        self.reader.queue_categories(pipe, self.items)
+
+    def prefetched(self, replies: list) -> None:
+        """Take the replies of :meth:`prefetch`."""
+        n = len(self.users)
+        self.recent = [[r.decode() for r in rows] for rows in replies[:n]]
+        categories = [c.decode() if c else None for c in first_known(replies[n:])]
+        self.reads = self._reads([categories[self.item_row[k]] for k in range(self.n)])
 
     def build(self, pipe: redis.client.Pipeline) -> None:
         reader = self.reader
-        pipe.get(keys.watermark(reader.config.prefix))
+        self._sizes = [reader.queue_watermarks(pipe)]
         for read in self.reads:
             read.build(pipe)
-        reader.covisit_scores(pipe, self.users, self.pairs)
+            self._sizes.append(read.replies)
+        self._sizes.append(reader.covisit_scores(pipe, self.users, self.pairs, self.recent))
 
     def decode(self, replies: list) -> RealtimeReads:
-        wm_raw, item_reply, user_reply, stream_reply, uc_reply, covisits = replies
-        wm = float(wm_raw or 0.0)
-        trending, cats = RingRead.extras_of(item_reply)
+        cuts = np.cumsum([0, *self._sizes]).tolist()
+        wm_replies, item_reply, user_reply, stream_reply, uc_reply, cov_replies = (
+            replies[lo:hi] for lo, hi in zip(cuts[:-1], cuts[1:]))
+        wm = self.reader.watermark_of(wm_replies)
         item_read, user_read, stream_read, uc_read = self.reads
+        trending, cats = item_read.extras_of(item_reply)
         n, item_row, config = self.n, self.item_row, self.reader.config
         raw_item_counts = item_read.decode(item_reply, wm)[item_row]
         item_counts = raw_item_counts.astype(np.float64)
         user_counts = user_read.decode(user_reply, wm)[np.broadcast_to(self.user_row, (n,))].astype(np.float64)
         stream = stream_read.decode(stream_reply, wm)[0].astype(np.float64)
         uc_counts = uc_read.decode(uc_reply, wm).astype(np.float64)
+        covisits = covisit_sums(cov_replies)
         a = config.ctr_prior_strength
 
         def ctr_lift(clicks: np.ndarray, impressions: np.ndarray, p0: float) -> np.ndarray:
@@ -184,7 +214,7 @@ class RealtimeQuery:
             "user_log_impressions_24h": np.log1p(user_counts[:, 0]),
             "user_log_clicks_1h": np.log1p(user_counts[:, 1]),
             "user_log_clicks_24h": np.log1p(user_counts[:, 2]),
-            "pair_log_covisits": np.log1p(np.asarray(covisits, dtype=np.float64)),
+            "pair_log_covisits": np.log1p(covisits),
             "user_category_log_clicks_24h": np.log1p(uc_counts[:, 1]),
             "user_category_log_ctr_lift_24h": ctr_lift(uc_counts[:, 1], uc_counts[:, 0], p0_24h),
         }

@@ -21,7 +21,10 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
+
+from features.client import is_cluster_client
 
 __all__ = ["RedisMemoryCollector", "scrape_client", "SCRAPE_TIMEOUT_S"]
 
@@ -33,7 +36,12 @@ SCRAPE_TIMEOUT_S = 0.5
 
 def scrape_client(client: redis.Redis, timeout_s: float = SCRAPE_TIMEOUT_S) -> redis.Redis:
     """A client to the same Redis as ``client`` with its own connection pool and ``timeout_s``
-    timeouts, so a scrape neither waits on the worker's batch writes nor hangs on a dead server."""
+    timeouts, so a scrape neither waits on the worker's batch writes nor hangs on a dead server
+    (on a Redis Cluster, a cluster client of its own)."""
+    if is_cluster_client(client):
+        node = client.get_default_node()
+        return RedisCluster(host=node.host, port=node.port, socket_timeout=timeout_s,
+                            socket_connect_timeout=timeout_s)
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
               "retry": Retry(NoBackoff(), 0)}  # redis-py retries 3 times with backoff by default: seconds
@@ -57,9 +65,9 @@ class RedisMemoryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         used, limit, errors = self._families()
         try:
-            info = self.client.info("memory")
-            used.add_metric([], float(info["used_memory"]))
-            limit.add_metric([], float(info.get("maxmemory", 0)))
+            infos = self._memory_infos()
+            used.add_metric([], float(sum(i["used_memory"] for i in infos)))
+            limit.add_metric([], float(sum(i.get("maxmemory", 0) for i in infos)))
         except (redis.RedisError, OSError, KeyError, TypeError, ValueError) as exc:
             self.errors += 1  # a scrape must not fail: count, log, export the error count only
             log.warning("could not read Redis memory (INFO memory): %r", exc)
@@ -68,6 +76,12 @@ class RedisMemoryCollector(Collector):
             return
         errors.add_metric([], float(self.errors))
         yield from (used, limit, errors)
+
+    def _memory_infos(self) -> list[dict]:
+        """INFO memory of the Redis, or of every master of a cluster (their sums are exported)."""
+        if is_cluster_client(self.client):
+            return list(self.client.info("memory", target_nodes=RedisCluster.PRIMARIES).values())
+        return [self.client.info("memory")]
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:

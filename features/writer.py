@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Iterator, Mapping, Sequence
 
@@ -38,6 +38,7 @@ from prometheus_client import Counter, Histogram
 
 from features import keys
 from features.config import FeatureConfig
+from features.reader import first_known
 from rtrec.errors import RtrecError
 from rtrec.events import Event
 
@@ -97,7 +98,8 @@ class FeatureWriter:
         self.config = config or FeatureConfig()
         self._script = client.register_script(SCRIPT)
         c = self.config
-        self._head = [c.prefix, c.dedupe_window_s, c.key_ttl_s, c.recent_items, c.session_gap_s,
+        self._layout = c.layout
+        self._head = [c.dedupe_window_s, c.key_ttl_s, c.recent_items, c.session_gap_s,
                       c.trending_tau_s, c.popular_tau_s, c.ranking_size, c.catalog_size, c.covisit_window,
                       c.covisit_keep, _window_number(c), len(c.windows)]
         for w in c.windows:
@@ -127,16 +129,13 @@ class FeatureWriter:
         if not events and not ranges:
             return WriteResult(0, 0)
         start = time.perf_counter()
-        pipe = self.client.pipeline(transaction=False)
-        calls = list(_calls(events, positions, ranges or {}))
-        for chunk, chunk_ranges in calls:
-            self._script(args=[*self._head, self._encode(chunk), orjson.dumps(chunk_ranges),
-                               self._uc_actions],
-                         client=pipe)
-        results = pipe.execute()
+        calls = [(shard, chunk, chunk_ranges)
+                 for shard, (shard_events, shard_positions) in enumerate(self._by_shard(events, positions))
+                 for chunk, chunk_ranges in _calls(shard_events, shard_positions, ranges or {})]
+        results = self._run(calls)
         gaps: dict[TopicPartition, tuple[int, int]] = {}
         refused = False
-        for (_, chunk_ranges), r in zip(calls, results):
+        for (_, _, chunk_ranges), r in zip(calls, results):
             refused = refused or len(r) > 2
             for k in range(2, len(r), 2):  # {0, 0, range, applied offset, ...}: nothing of this call applied
                 field = chunk_ranges[int(r[k]) - 1][0]
@@ -154,14 +153,70 @@ class FeatureWriter:
             raise OffsetGap(gaps, WriteResult(applied, duplicates))
         return WriteResult(applied, duplicates)
 
+    def _run(self, calls: list[tuple[int, list[tuple[Event, list]], list[list]]]) -> list:
+        """One script call per (shard, events, ranges), all in one pipeline (on a cluster, one per
+        node). A Redis that lost the script (restarted) gets it and the calls again: what a call
+        applied before is found applied (offsets, event_id marks)."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for shard, chunk, chunk_ranges in calls:
+                pipe.evalsha(self._script.sha, 1, self._layout.route(shard), self._layout.prefixes[shard],
+                             *self._head, self._encode(chunk), orjson.dumps(chunk_ranges), self._uc_actions)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self.client.script_load(SCRIPT)
+        raise AssertionError("unreachable")
+
     def applied_offsets(self) -> dict[TopicPartition, int]:
-        """The store's next offset to apply per (topic, partition) it has applied events of."""
-        raw = self.client.hgetall(keys.applied_offsets(self.config.prefix))
-        out = {}
-        for field, offset in raw.items():
-            topic, _, partition = field.decode().rpartition(":")
-            out[(topic, int(partition))] = int(offset)
+        """The store's next offset to apply per (topic, partition) it has applied events of: the
+        least over the shards (each shard applies every range, its own events in it)."""
+        pipe = self.client.pipeline(transaction=False)
+        for prefix in self._layout.prefixes:
+            pipe.hgetall(keys.applied_offsets(prefix))
+        out: dict[TopicPartition, int] = {}
+        for raw in pipe.execute():
+            for field, offset in raw.items():
+                topic, _, partition = field.decode().rpartition(":")
+                tp = (topic, int(partition))
+                out[tp] = min(int(offset), out.get(tp, int(offset)))
         return out
+
+    def _with_categories(self, events: Sequence[Event]) -> Sequence[Event]:
+        """The events, those without an item category given the one the catalogue knows (from
+        every shard) or an earlier event of the batch gave: a sharded store's catalogue is split
+        like its counts, and the user's shard may not know the item (features/shards.py)."""
+        missing = list(dict.fromkeys(e.item_id for e in events if not (e.item or {}).get("category")))
+        if not missing:
+            return events
+        pipe = self.client.pipeline(transaction=False)
+        for prefix in self._layout.prefixes:
+            pipe.hmget(keys.catalog(prefix), missing)
+        known = {item: c.decode() for item, c in zip(missing, first_known(pipe.execute())) if c}
+        out = []
+        for e in events:
+            category = (e.item or {}).get("category")
+            if category:
+                known[e.item_id] = str(category)
+            elif e.item_id in known:
+                e = replace(e, item={**(e.item or {}), "category": known[e.item_id]})
+            out.append(e)
+        return out
+
+    def _by_shard(self, events: Sequence[Event], positions: Sequence[LogPosition] | None
+                  ) -> list[tuple[Sequence[Event], Sequence[LogPosition] | None]]:
+        """The events (and their positions) of each shard, in order; every shard gets a part, even
+        an empty one, so that each shard's applied offsets cover the whole batch."""
+        if not self._layout.sharded:
+            return [(events, positions)]
+        events = self._with_categories(events)
+        parts: list[list[int]] = [[] for _ in self._layout.prefixes]
+        for n, shard in enumerate(self._layout.of_users([e.user_id for e in events])):
+            parts[shard].append(n)
+        return [([events[n] for n in part], None if positions is None else [positions[n] for n in part])
+                for part in parts]
 
     def _within_bound(self, events: Sequence[Event], now: float) -> Sequence[int]:
         """Indexes of the events no later than ``now + max_event_ahead_s``; the others are counted and logged."""

@@ -16,9 +16,10 @@ import time
 import urllib.request
 from collections import Counter, deque
 
-import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from features.client import redis_client
+from features.config import FeatureConfig
 from features.reader import FeatureReader
 from rtrec.cli import StopFlag
 from rtrec.logs import configure_logging
@@ -50,7 +51,7 @@ def main() -> int:
     try:
         _print_urls(info, stack)
         watch = StreamWatch(info.kafka, settings.actions_topic)
-        reader = FeatureReader(redis.Redis.from_url(info.redis))
+        reader = FeatureReader(redis_client(info.redis), FeatureConfig.from_settings(settings, redis_url=info.redis))
         end = time.monotonic() + seconds
         while time.monotonic() < end and not stop.wait(min(REPORT_EVERY_S, end - time.monotonic())):
             try:

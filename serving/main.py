@@ -27,12 +27,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import faiss
 import redis
-import redis.asyncio
 import torch
 import uvicorn
 import uvloop
 from prometheus_client import CollectorRegistry
 
+from features.client import async_redis_client, redis_client
+from features.config import FeatureConfig
 from features.reader import FeatureReader
 from param_server.config import DEFAULT_TABLES, EmbeddingConfig, tables_from_json
 from rtrec.errors import ImproperlyConfigured
@@ -115,8 +116,8 @@ def main(settings: Any) -> None:
     faiss.omp_set_num_threads(settings.torch_threads)  # one query at a time: OpenMP spinning only costs
     tables = tables_from_json(settings.ps_tables) if settings.ps_tables else DEFAULT_TABLES
     params = ShardedClient.connect(settings.param_server_addrs, settings.ps_token)
-    reader = FeatureReader(redis.Redis.from_url(settings.redis_url),
-                           async_client=_async_redis(settings.redis_url))
+    reader = FeatureReader(redis_client(settings.redis_url), FeatureConfig.from_settings(settings),
+                           async_client=async_redis_client(settings.redis_url, REDIS_CONNECTIONS))
     if not settings.log_impressions:
         log.warning("RTREC_LOG_IMPRESSIONS is off: served lists are NOT logged back to Kafka")
     registry = CollectorRegistry()
@@ -148,13 +149,6 @@ def main(settings: Any) -> None:
         if serving.impressions is not None:
             serving.impressions.close(timeout_s=10.0)
         params.close()
-
-
-def _async_redis(url: str) -> redis.asyncio.Redis:
-    """The request path's Redis client: a bounded pool where a request waits for a free connection
-    (up to 5 s) instead of failing when many are in flight at once."""
-    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS, timeout=5)
-    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def _sender_env(settings: Any) -> dict[str, str]:

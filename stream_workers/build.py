@@ -8,6 +8,7 @@ import redis
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from features.client import redis_client as features_client
 from features.config import FeatureConfig
 from features.reader import FeatureReader
 from features.writer import FeatureWriter
@@ -32,9 +33,9 @@ def build_pipeline(settings: Settings, train: bool = True, *, params: Any | None
     ``settings.redis_url``; ``registry`` takes the trainer's metrics (one per trainer in a process);
     ``seed`` seeds the initial weights and the negative sampler.
     """
-    client = redis_client if redis_client is not None else redis.Redis.from_url(settings.redis_url)
-    writer = FeatureWriter(client, FeatureConfig(max_event_ahead_s=settings.max_event_ahead_s,
-                                                 dedupe_window_s=settings.dedupe_window_s))
+    client = redis_client if redis_client is not None else features_client(settings.redis_url)
+    config = FeatureConfig.from_settings(settings)
+    writer = FeatureWriter(client, config)
     step = recovery = None
     joiner = Joiner(window_s=settings.join_window_s)
     if train:
@@ -42,7 +43,7 @@ def build_pipeline(settings: Settings, train: bool = True, *, params: Any | None
         remote = params is None
         if remote:
             params = ShardedClient.connect(settings.param_server_addrs, settings.ps_token)
-        step = TrainingStep(OnlineTrainer(params, registry=registry, seed=seed), reader=FeatureReader(client),
+        step = TrainingStep(OnlineTrainer(params, registry=registry, seed=seed), reader=FeatureReader(client, config),
                             sampler=NegativeSampler(seed=seed), replay_batches=settings.replay_batches, seed=seed)
         if remote:
             recovery = Recovery(step, joiner, KafkaRangeReader(settings.kafka))

@@ -14,6 +14,7 @@ import pytest
 from rtrec.settings import Settings, load_settings
 from rtrec.stack.broker import ensure_topics
 from rtrec.stack.launcher import LocalStack, StackOptions
+from rtrec.stack.redis_cluster import LocalRedisCluster
 
 PARTITIONS = 4
 
@@ -28,6 +29,18 @@ def local_stack() -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster of 3 masters (no replicas) from the same redis-server binary, started
+    once per test session by the tests that ask for it."""
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"), nodes=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -27,9 +27,9 @@ COVISITS = REALTIME_FEATURES.index("pair_log_covisits")
 
 
 @pytest.fixture
-def store(redis_url: str) -> tuple[FeatureWriter, FeatureReader, FeatureConfig]:
-    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:", covisit_window=3, covisit_query=2)
-    client = redis.Redis.from_url(redis_url)
+def store(feature_redis) -> tuple[FeatureWriter, FeatureReader, FeatureConfig]:
+    config = feature_redis.config(covisit_window=3, covisit_query=2)
+    client = feature_redis.client
     return FeatureWriter(client, config), FeatureReader(client, config), config
 
 
@@ -51,8 +51,12 @@ def brute_force(events: list[Event], window: int) -> dict[str, Counter]:
 
 
 def stored(reader: FeatureReader, item: str) -> Counter:
-    rows = reader.client.zrange(keys.covisits(reader.config.prefix, item), 0, -1, withscores=True)
-    return Counter({name.decode(): int(score) for name, score in rows})
+    """The item's co-visit counts, summed over the shards (each holds its users' part)."""
+    out: Counter = Counter()
+    for p in reader.config.layout.prefixes:
+        rows = reader.client.zrange(keys.covisits(p, item), 0, -1, withscores=True)
+        out.update({name.decode(): int(score) for name, score in rows})
+    return out
 
 
 def test_covisit_counts_equal_a_brute_force_recount_and_redelivery_adds_nothing(store) -> None:
@@ -83,16 +87,17 @@ def test_the_ranking_feature_sums_covisits_with_the_users_last_items(store) -> N
     assert pairs.tolist() == pytest.approx(np.log1p([3.0, 1.0, 0.0]).tolist())
 
 
-def test_a_covisit_set_is_trimmed_to_its_most_covisited_items(redis_url: str) -> None:
-    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:", covisit_window=1, covisit_keep=3)
-    client = redis.Redis.from_url(redis_url)
+def test_a_covisit_set_is_trimmed_to_its_most_covisited_items(feature_redis) -> None:
+    config = feature_redis.config(covisit_window=1, covisit_keep=3)
+    client = feature_redis.client
     writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
     # "hub" is co-visited with i0 five times, i1 four times, ..., i9 once (each user: hub then one item)
     pairs = [(f"u{k}-{n}", x) for k in range(10) for n in range(max(1, 5 - k))
              for x in ("hub", f"i{k}")]
     writer.write_many(clicks(pairs), now=T0)
     kept = stored(reader, "hub")
-    assert len(kept) <= 2 * config.covisit_keep
+    for p in config.layout.prefixes:  # each shard trims its own part
+        assert client.zcard(keys.covisits(p, "hub")) <= 2 * config.covisit_keep
     assert [name for name, _ in kept.most_common(3)] == ["i0", "i1", "i2"]
 
 
@@ -122,4 +127,4 @@ def test_recall_equals_a_brute_force_sum_and_sort_over_random_streams(store) -> 
             sums.update(stored(reader, h))
         expected = sorted(((-s, i) for i, s in sums.items() if i not in got.recent and s > 0))[:8]
         assert got.recent and list(zip(got.covisited, got.covisit_sums)) == [(i, -s) for s, i in expected]
-    assert not reader.client.exists(f"{config.prefix}covisited:scratch")  # the scratch key never outlives a call
+    assert not any(reader.client.exists(f"{p}covisited:scratch") for p in config.layout.prefixes)  # the scratch key never outlives a call

@@ -27,9 +27,9 @@ TEN_YEARS_S = 10 * 365 * 86_400.0
 
 
 @pytest.fixture
-def store(redis_url: str) -> tuple[FeatureWriter, FeatureReader, FeatureConfig, redis.Redis]:
-    config = FeatureConfig(windows=WINDOWS, prefix=f"t{uuid.uuid4().hex[:8]}:")
-    client = redis.Redis.from_url(redis_url)
+def store(feature_redis) -> tuple[FeatureWriter, FeatureReader, FeatureConfig, redis.Redis]:
+    config = feature_redis.config(windows=WINDOWS)
+    client = feature_redis.client
     return FeatureWriter(client, config), FeatureReader(client, config), config, client
 
 
@@ -40,7 +40,7 @@ def clicks(ts: float, n: int, user: str = "u1", item: str = "i1", tag: str = "e"
 def test_the_watermark_key_expires(store) -> None:
     writer, _, config, client = store
     writer.write_many(clicks(time.time(), 3))
-    ttl = client.ttl(keys.watermark(config.prefix))
+    ttl = client.ttl(keys.watermark(config.layout.prefix_of("u1")))
     assert 0 < ttl <= config.key_ttl_s
 
 
@@ -53,7 +53,8 @@ def test_a_far_future_event_does_not_zero_the_windows(store) -> None:
     assert reader.users(["u1"])[0]["counts"]["click_1m"] == 3
     assert reader.items(["i1"])[0]["counts"]["click_10m"] == 3
     assert reader.stream()["counts"]["click_1m"] == 3  # the future event is counted nowhere
-    assert not client.exists(keys.ring(config.prefix, "u", "u2", "click"), keys.user_state(config.prefix, "u2"))
+    p = config.layout.prefix_of("u2")
+    assert not client.exists(keys.ring(p, "u", "u2", "click"), keys.user_state(p, "u2"))
     assert reader.watermark() <= time.time() + config.max_event_ahead_s
 
 

@@ -23,9 +23,9 @@ CLICKS = REALTIME_FEATURES.index("user_category_log_clicks_24h")
 CTR = REALTIME_FEATURES.index("user_category_log_ctr_lift_24h")
 
 
-def test_user_category_counts_follow_the_items_category_from_the_catalogue(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+def test_user_category_counts_follow_the_items_category_from_the_catalogue(feature_redis) -> None:
+    client = feature_redis.client
+    config = feature_redis.config()
     writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
     shoes = {"category": "shoes"}
     events = [Event("1", "u", "s1", "impression", T0, item=shoes),
@@ -45,14 +45,15 @@ def test_user_category_counts_follow_the_items_category_from_the_catalogue(redis
     assert dense[:, CTR].tolist() == pytest.approx(log_lift(rates, stream_ctr).tolist())
 
 
-def test_user_category_counters_keep_only_the_actions_features_read(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:")
+def test_user_category_counters_keep_only_the_actions_features_read(feature_redis) -> None:
+    client = feature_redis.client
+    config = feature_redis.config()
     writer, reader = FeatureWriter(client, config), FeatureReader(client, config)
     writer.write_many([Event("1", "u", "s1", "like", T0, item={"category": "shoes"}),
                        Event("2", "u", "s1", "click", T0 + 1)], now=T0)
-    uc_keys = sorted(k.decode() for k in client.scan_iter(match=f"{config.prefix}w:uc:*"))
-    assert uc_keys == [f"{config.prefix}w:uc:u\x1fshoes\x1fclick"]  # no string for the like
+    p = config.layout.prefix_of("u")
+    uc_keys = sorted(k.decode() for k in client.scan_iter(match=f"{p}w:uc:*"))
+    assert uc_keys == [f"{p}w:uc:u\x1fshoes\x1fclick"]  # no string for the like
     assert reader.users(["u"])[0]["counts"]["like_24h"] == 1  # the user's own counters keep every action
     with pytest.raises(ValueError, match="user categories"):
         reader.window_counts("uc", [("u", "s1")], ("like_24h",))
