@@ -546,6 +546,20 @@ def covisit_sums(replies: Sequence[Sequence[int]]) -> np.ndarray:
         else np.asarray(replies[0], dtype=np.float64)
 
 
+def catalog_restarted(cursor: Any, before: Any) -> bool:
+    """True if a :meth:`FeatureReader.catalog_since` cursor went back (the store was emptied):
+    ints compared, tuples (sharded stores) shard by shard; a first cursor (0) never went back.
+
+    >>> catalog_restarted(0, 5), catalog_restarted((3, 0), (3, 2)), catalog_restarted((1, 1), 0)
+    (True, True, False)
+    """
+    if isinstance(cursor, tuple) and isinstance(before, tuple):
+        return any(a < b for a, b in zip(cursor, before))
+    if isinstance(cursor, int) and isinstance(before, int):
+        return cursor < before
+    return False
+
+
 def _decoded_categories(replies: Sequence[Sequence[bytes | None]]) -> list[str | None]:
     """Per item, the first shard's non-empty category (None if no shard knows one)."""
     return [c.decode() if c else None for c in first_known(replies)]

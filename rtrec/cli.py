@@ -69,7 +69,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["RTREC_SERVING_PROCESSES"] = str(args.serving_processes)
     options = StackOptions(simulate=not args.no_simulate, simulate_rate=args.rate,
                            param_servers=args.param_servers, workers=args.workers,
-                           data_dir=None if args.ephemeral else args.data_dir or DEFAULT_DATA_DIR)
+                           redis_cluster=args.redis_cluster,
+                           data_dir=None if args.ephemeral or (args.redis_cluster and args.data_dir is None)
+                           else args.data_dir or DEFAULT_DATA_DIR)
     stack = LocalStack(settings, options)
     try:
         info = stack.start()
@@ -169,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=1, help="stream worker processes")
     up.add_argument("--serving-processes", type=int, default=None,
                     help="serving processes behind serving's port (default RTREC_SERVING_PROCESSES, 1)")
+    up.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                    help="run the feature store on a local Redis Cluster of N masters (in memory, so the "
+                         "stack is ephemeral), sharded by user over N hash tags")
     keep = up.add_mutually_exclusive_group()
     keep.add_argument("--data-dir", type=Path, default=None,
                       help=f"keep the broker's log, Redis's AOF and the parameter-server snapshots here and "

@@ -46,10 +46,12 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from features.config import FeatureConfig
 from rtrec.errors import StackError
 from rtrec.settings import Settings
 from rtrec.stack.broker import Broker, ensure_topics, s3_environment
 from rtrec.stack.object_store import ObjectStoreServer
+from rtrec.stack.redis_cluster import LocalRedisCluster
 from rtrec.stack.process import ManagedProcess, free_port, wait_for_port
 from rtrec.stack.redis_server import RedisServer
 from rtrec.stack.supervision import ShouldStop, StackMetrics, Supervisor
@@ -70,6 +72,7 @@ class StackOptions:
     components: bool = True  # False: broker and Redis only (tests)
     workdir: Path | None = None  # logs and scratch; None = a temporary folder (DIR/logs when durable)
     data_dir: Path | None = None  # durable: keep all state here and resume it; None = ephemeral
+    redis_cluster: int = 0  # > 0: a Redis Cluster of this many masters instead of one Redis (ephemeral only)
 
 
 @dataclass
@@ -132,8 +135,14 @@ class LocalStack:
                                  storage_env=s3_environment(self.object_store.endpoint))
         else:
             self.broker = Broker(self.workdir)
-        self.redis = RedisServer(self.workdir, port=self.state.port("redis"), binary=settings.redis_server_bin,
-                                 data_dir=self.data_dir / "redis" if self.data_dir is not None else None)
+        self.redis: RedisServer | LocalRedisCluster
+        if self.options.redis_cluster:
+            if self.data_dir is not None:
+                raise StackError("a local Redis Cluster is in memory only: use it with an ephemeral stack")
+            self.redis = LocalRedisCluster(self.workdir, self.options.redis_cluster, binary=settings.redis_server_bin)
+        else:
+            self.redis = RedisServer(self.workdir, port=self.state.port("redis"), binary=settings.redis_server_bin,
+                                     data_dir=self.data_dir / "redis" if self.data_dir is not None else None)
         self.children: list[ManagedProcess] = []
         self.info = ReadyInfo(kafka=self.broker.bootstrap, redis=self.redis.url)
         self.registry = CollectorRegistry()  # this process's metrics (the supervisor's)
@@ -156,8 +165,7 @@ class LocalStack:
             self.broker.start()
             self._ensure_topics()
             self.supervisor.watch(self.broker.process, self._restart_broker)
-            self.redis.start()
-            self.supervisor.watch(self.redis.process, lambda _stop: self.redis.start())
+            self._start_redis()
             self.state.record_shards(self.options.param_servers)
             if self.options.components:
                 self._start_components()
@@ -166,6 +174,29 @@ class LocalStack:
             self.stop()
             raise
         return self.info
+
+    def _start_redis(self) -> None:
+        """Start Redis (or the cluster's nodes) and have each process restarted if it dies."""
+        redis = self.redis
+        redis.start()
+        if isinstance(redis, LocalRedisCluster):
+            for k, process in enumerate(redis.processes):
+                self.supervisor.watch(process, lambda _stop, k=k: redis.restart_node(k))
+        else:
+            self.supervisor.watch(redis.process, lambda _stop: redis.start())
+
+    def features_config(self) -> FeatureConfig:
+        """The feature-store configuration the stack's components use (shards, hash tags)."""
+        return FeatureConfig.from_settings(self.settings.model_copy(update=self._feature_env_settings()),
+                                           redis_url=self.info.redis)
+
+    def _feature_env_settings(self) -> dict:
+        """Settings the stack gives its components about the feature store: one shard per cluster
+        master unless ``RTREC_FEATURE_SHARDS`` asks for more."""
+        shards = self.settings.feature_shards
+        if self.options.redis_cluster and shards == 1:
+            shards = self.options.redis_cluster
+        return {"feature_shards": shards}
 
     def supervise(self, should_stop: ShouldStop = lambda: False) -> None:
         """Restart what died and is due (see rtrec.stack.supervision); call it every fraction of a
@@ -200,6 +231,7 @@ class LocalStack:
             "RTREC_ACTIONS_TOPIC": self.settings.actions_topic,
             "RTREC_DLQ_TOPIC": self.settings.dlq_topic,
             "RTREC_LOG_LEVEL": self.settings.log_level,
+            "RTREC_FEATURE_SHARDS": str(self._feature_env_settings()["feature_shards"]),
         })
         if self.info.param_server:
             env["RTREC_PARAM_SERVERS"] = ",".join(self.info.param_server)

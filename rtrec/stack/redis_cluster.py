@@ -108,6 +108,12 @@ class LocalRedisCluster:
                 raise StackError(f"cluster not ok after {timeout_s:.0f} s: {infos}")
             time.sleep(0.05)
 
+    def restart_node(self, k: int, timeout_s: float = 30.0) -> None:
+        """Start node ``k`` again after it died: it rejoins with its ``nodes.conf`` (same ID and
+        slots), empty, as a restarted in-memory Redis comes back empty."""
+        wait_for_port(self.host, self.ports[k], timeout_s, self.processes[k].start())
+        self._wait_ok([redis.Redis(host=self.host, port=port) for port in self.ports], timeout_s)
+
     def stop(self) -> None:
         for process in self.processes:
             process.stop(grace_s=5.0)

@@ -10,12 +10,14 @@ from typing import Callable, Iterator
 
 import httpx
 import pytest
+import redis
 from kafka import KafkaConsumer
 
 from producers.client import EventProducer
 from rtrec.events import Event
 from rtrec.settings import load_settings
 from rtrec.stack.launcher import LocalStack, StackOptions
+from rtrec.stack.redis_cluster import LocalRedisCluster
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +32,16 @@ def wait_for(probe: Callable[[], object], timeout_s: float, what: str) -> object
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+@pytest.fixture(scope="module", params=[0, 3], ids=["one-redis", "redis-cluster-3"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """``rtrec up`` on one Redis, and as ``rtrec up --redis-cluster 3`` starts it: a 3-master Redis
+    Cluster holding the features in 3 shards, one per master."""
     with pytest.MonkeyPatch.context() as env:  # the components read these from their environment
         env.setenv("RTREC_JOIN_WINDOW_S", "2")
         env.setenv("RTREC_SYNC_INTERVAL_S", "1")
         env.setenv("RTREC_WORKER_BATCH_WITHIN_S", "0.1")
-        stack = LocalStack(load_settings(), StackOptions(simulate=False, workdir=tmp_path_factory.mktemp("e2e")))
+        stack = LocalStack(load_settings(), StackOptions(simulate=False, workdir=tmp_path_factory.mktemp("e2e"),
+                                                         redis_cluster=request.param))
         stack.start()
         try:
             yield stack
@@ -86,6 +91,9 @@ def test_a_users_clicks_reach_their_recommendations_and_served_lists_come_back_a
         assert len(names) == 5 and not set(names) & set(clicked)  # already-clicked items are not served again
         assert names != [it["item_id"] for it in cold["items"]]  # ranked by the model, not the cold-start list
         assert all(n.startswith(f"{run}-i") for n in names)  # string IDs retrievable via the catalogue
+
+    if isinstance(stack.redis, LocalRedisCluster):  # the features spread over every master
+        assert all(redis.Redis(host=stack.redis.host, port=port).dbsize() > 0 for port in stack.redis.ports)
 
     consumer = KafkaConsumer(stack.settings.actions_topic, bootstrap_servers=stack.info.kafka,
                              auto_offset_reset="earliest", consumer_timeout_ms=2_000)
