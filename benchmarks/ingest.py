@@ -16,7 +16,12 @@ temporary folder. ``durable_events_per_s`` is measured the same way; ``durable_r
 the in-memory run's ``events_per_s`` of the same invocation; ``durable_produce_ratio`` compares how
 fast the broker took the events (there every produce is a file written through the object store).
 
-    python -m benchmarks.ingest [--events 200000] [--workers 1] [--no-durable]
+What a Redis Cluster costs or gains (``--redis-cluster N``): the in-memory run again with the
+features on a local cluster of N masters, one feature shard per master (``rtrec up --redis-cluster
+N``). Then ``events_per_s`` is the cluster run's, ``single_redis_events_per_s`` the single Redis
+run's of the same invocation, and ``redis_cluster_ratio`` the first over the second.
+
+    python -m benchmarks.ingest [--events 200000] [--workers 1] [--no-durable] [--redis-cluster N]
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.common import report, total
+from features.client import redis_client
 from features.reader import FeatureReader
 from producers.client import EventProducer
 from producers.simulator import ClickSimulator, SimulatorConfig
@@ -118,10 +123,12 @@ def counted_in_redis(reader: FeatureReader) -> int:
 
 
 def ingest(settings: Settings, events: list, workers: int, data_dir: Path | None,
-           baselines: bool) -> IngestRun:
-    """Produce ``events`` into a fresh stack (durable in ``data_dir``, or in memory), then time the workers."""
-    label = "durable" if data_dir is not None else "in-memory"
-    options = StackOptions(simulate=False, workers=0, data_dir=data_dir)  # broker, Redis, param server
+           baselines: bool, redis_cluster: int = 0) -> IngestRun:
+    """Produce ``events`` into a fresh stack (durable in ``data_dir``, or in memory; its features on
+    a Redis Cluster of ``redis_cluster`` masters if > 0), then time the workers."""
+    label = "durable" if data_dir is not None else f"redis-cluster-{redis_cluster}" if redis_cluster else "in-memory"
+    options = StackOptions(simulate=False, workers=0, data_dir=data_dir,  # broker, Redis, param server
+                           redis_cluster=redis_cluster)
     with LocalStack(settings, options) as stack:
         start = time.perf_counter()
         with EventProducer(stack.info.kafka, settings.actions_topic, linger_ms=20, batch_bytes=1 << 20) as producer:
@@ -137,7 +144,7 @@ def ingest(settings: Settings, events: list, workers: int, data_dir: Path | None
         # and polled a few times a second it took ~13 % of the pipeline process's samples (py-spy),
         # where a Prometheus server scrapes every 15 s. The workers' own counter is scraped rarely,
         # as a fallback should Redis never reach the total (events lost).
-        reader = FeatureReader(redis.Redis.from_url(stack.info.redis))
+        reader = FeatureReader(redis_client(stack.info.redis), stack.features_config())
         deadline = time.monotonic() + 600
         while (applied := counted_in_redis(reader)) == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -176,6 +183,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-durable", action="store_true", help="skip the run on the durable stack")
+    parser.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                        help="also run with the features on a local Redis Cluster of N masters")
     args = parser.parse_args()
     settings = load_settings(log_level="WARNING")
     events = simulated_events(args.events)
@@ -207,6 +216,19 @@ def main() -> None:
             "durable_produce_events_per_s": round(durable.produce_events_per_s),
             "durable_produce_ratio": round(durable.produce_events_per_s / run.produce_events_per_s, 3),
             "durable_events_lost": durable.events_lost, "durable_seconds": round(durable.seconds, 2),
+        })
+    if args.redis_cluster:
+        cluster = ingest(settings, events, args.workers, None, baselines=False, redis_cluster=args.redis_cluster)
+        print(f"redis cluster of {args.redis_cluster}: sustained {cluster.events_per_s:,.0f} events/s "
+              f"({cluster.events_per_s / run.events_per_s:.2f} of one Redis)", flush=True)
+        figures.update({
+            "events_per_s": round(cluster.events_per_s), "single_redis_events_per_s": round(run.events_per_s),
+            "redis_cluster": args.redis_cluster,
+            "redis_cluster_ratio": round(cluster.events_per_s / run.events_per_s, 3),
+            "ratio_to_raw": round(cluster.events_per_s / raw, 3),
+            "ratio_to_faust_noop": round(cluster.events_per_s / faust_noop, 3),
+            "redis_cluster_events_lost": cluster.events_lost,
+            "redis_cluster_examples_trained": int(cluster.trained),
         })
     report("ingest", figures)
 

@@ -1,5 +1,8 @@
 """The Redis key layout of the feature store, in one place (serving never builds keys itself).
 
+``{p}`` is the prefix of one shard (features/shards.py): the plain prefix (``rtrec:``) on one Redis
+with one shard, else the shard's hash tag (``{rtrec:0-12}``), which puts all its keys in one slot.
+
 Every key expires: ``key_ttl_s`` (longest window + allowed lateness) after its last write, the
 dedupe marks after ``dedupe_window_s`` (``RTREC_DEDUPE_WINDOW_S``) and session lists after the
 session gap.
