@@ -471,13 +471,6 @@ class RingRead:
         """How many replies :meth:`build` queues (one per shard read)."""
         return len(self.parts)
 
-    @staticmethod
-    def keys_of(prefix: str, kind: str, ids: Sequence[str], actions: Sequence[str]) -> list[str]:
-        """Ring keys of ``ids`` (entity-major) times ``actions``, for an MGET."""
-        head = keys.ring(prefix, kind, "", "")[:-1]  # the key of entity "" and action "", less the separator
-        ends = [f"\x1f{a}" for a in actions]
-        return [f"{head}{i}{end}" for i in ids for end in ends]
-
     def build(self, pipe: Any) -> None:
         layout, actions = self.reader.layout, orjson.dumps(self.actions)
         for shard, rows in self.parts:
