@@ -155,20 +155,26 @@ class FeatureWriter:
 
     def _run(self, calls: list[tuple[int, list[tuple[Event, list]], list[list]]]) -> list:
         """One script call per (shard, events, ranges), all in one pipeline (on a cluster, one per
-        node). A Redis that lost the script (restarted) gets it and the calls again: what a call
-        applied before is found applied (offsets, event_id marks)."""
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for shard, chunk, chunk_ranges in calls:
-                pipe.evalsha(self._script.sha, 1, self._layout.route(shard), self._layout.prefixes[shard],
-                             *self._head, self._encode(chunk), orjson.dumps(chunk_ranges), self._uc_actions)
-            try:
-                return pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                self.client.script_load(SCRIPT)
-        raise AssertionError("unreachable")
+        node). The calls a Redis refused for lack of the script (it restarted) run once more after
+        loading it; only those, so no call is applied twice."""
+        results = self._pipelined(calls)
+        missing = [k for k, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            self.client.script_load(SCRIPT)
+            for k, r in zip(missing, self._pipelined([calls[k] for k in missing])):
+                results[k] = r
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    def _pipelined(self, calls: list[tuple[int, list[tuple[Event, list]], list[list]]]) -> list:
+        """The calls' replies, an exception object in place of each call that failed."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard, chunk, chunk_ranges in calls:
+            pipe.evalsha(self._script.sha, 1, self._layout.route(shard), self._layout.prefixes[shard],
+                         *self._head, self._encode(chunk), orjson.dumps(chunk_ranges), self._uc_actions)
+        return pipe.execute(raise_on_error=False)
 
     def applied_offsets(self) -> dict[TopicPartition, int]:
         """The store's next offset to apply per (topic, partition) it has applied events of: the
