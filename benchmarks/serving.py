@@ -26,10 +26,13 @@ them over all processes); ``first_index_build_ms``: the mean of the start-up bui
 senders) used during the /recommend run, per answered request: the cost a busy shared machine
 cannot hide in its latencies.
 
+``--redis-cluster N`` puts the features on a local Redis Cluster of N masters (one feature shard
+per master, as ``rtrec up --redis-cluster N``); the field ``redis_cluster`` says which (0: one Redis).
+
 Run: ``python -m benchmarks.serving [--rate 300 --duration 30 --processes 2 --ranked 50]``; the
 last line is JSON with ``items, offered_qps, achieved_qps, p50_ms, p99_ms, errors, bare_p99_ms,
-p99_ratio, processes, ranked, cpu_ms_per_request, knee_qps, bare_knee_qps, knee_ratio, dense_sync_ms,
-dense_syncs, first_index_build_ms``.
+p99_ratio, processes, ranked, redis_cluster, cpu_ms_per_request, knee_qps, bare_knee_qps, knee_ratio,
+dense_sync_ms, dense_syncs, first_index_build_ms``.
 """
 
 from __future__ import annotations
@@ -50,10 +53,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-import redis
 
 from benchmarks.common import report
 from features.ids import feature_ids
+from features.client import redis_client
+from features.config import FeatureConfig
 from features.writer import FeatureWriter
 from param_server.config import DEFAULT_TABLES
 from param_server.client import ParamServerClient
@@ -139,9 +143,9 @@ class DensePusher:
             self.pushes += 1
 
 
-def populate_features(redis_url: str, rng: np.random.Generator) -> None:
+def populate_features(redis_url: str, config: FeatureConfig, rng: np.random.Generator) -> None:
     """Simulated clicks (Zipf-popular items) of random users into the feature store."""
-    writer = FeatureWriter(redis.Redis.from_url(redis_url))
+    writer = FeatureWriter(redis_client(redis_url), config)
     users = rng.integers(0, USERS, size=CLICKS)
     items = (rng.zipf(1.2, size=CLICKS) - 1) % ITEMS
     now = time.time()
@@ -312,24 +316,27 @@ def main() -> None:
                         help="candidates ranked per request (RTREC_SERVING_RANKED; default the setting's)")
     parser.add_argument("--dense-push-s", type=float, default=10.0,
                         help="seconds between new dense weights pushed during the /recommend run (default 10)")
+    parser.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                        help="features on a local Redis Cluster of N masters, one shard per master")
     parser.add_argument("--knee-duration", type=float, default=10.0,
                         help="seconds per step of the knee search (default 10; 0 = no knee search)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="rtrec-bench-serving-"))
     settings = load_settings(log_level="WARNING")
-    stack = LocalStack(settings, StackOptions(components=False, simulate=False, workdir=workdir))
+    stack = LocalStack(settings, StackOptions(components=False, simulate=False, workdir=workdir,
+                                              redis_cluster=args.redis_cluster))
     procs: list[subprocess.Popen] = []
     try:
         info = stack.start()
         env = dict(os.environ, RTREC_KAFKA=info.kafka, RTREC_REDIS_URL=info.redis, RTREC_LOG_LEVEL="INFO",
                    RTREC_METRICS_PORT="0", RTREC_SNAPSHOT_DIR=str(workdir / "snapshots"), RTREC_PS_PORT="0",
-                   RTREC_SNAPSHOT_INTERVAL_S="3600")
+                   RTREC_SNAPSHOT_INTERVAL_S="3600", RTREC_FEATURE_SHARDS=str(stack.features_config().shards))
         ps, ready = _spawn(["param-server"], env, (workdir / "param-server.log").open("wb"), 60)
         procs.append(ps)
         started = time.perf_counter()
         populate_params(ready["param_server"])
-        populate_features(info.redis, np.random.default_rng(0))
+        populate_features(info.redis, stack.features_config(), np.random.default_rng(0))
         print(f"populated {ITEMS} items, {USERS} users, {CLICKS} clicks in {time.perf_counter() - started:.1f} s",
               file=sys.stderr)
 
@@ -373,6 +380,7 @@ def main() -> None:
             "bare_errors": bare["errors"],
             "p99_ratio": round(rec["p99_ms"] / bare["p99_ms"], 2) if bare["p99_ms"] else None,
             "impressions": not args.no_impressions, "processes": args.processes, "ranked": ranked,
+            "redis_cluster": args.redis_cluster,
             "cpu_ms_per_request": round(cpu_ms, 2),
             "knee_qps": knee, "bare_knee_qps": bare_knee,
             "knee_ratio": round(knee / bare_knee, 3) if knee and bare_knee else None,

@@ -150,8 +150,9 @@ class RealtimeQuery:
         self.reads = self._reads()
         self._sizes: list[int] = []
 
-    def _reads(self, categories: Sequence[str | None] | None = None) -> tuple[RingRead, ...]:
-        """The ring reads of the query; ``categories``: each pair's item category (sharded stores)."""
+    def _reads(self, categories: Sequence[str | None] | None = None) -> tuple[RingRead | None, ...]:
+        """The ring reads of the query; ``categories``: each pair's item category, which a sharded
+        store needs for the user-category read (None there until :meth:`prefetched`)."""
         reader = self.reader
         uc_pairs = [(self.users[u], i) for u, i in self.pairs]
         return (RingRead(reader, "i", self.items, ITEM_COUNTS, extras=True),
@@ -176,6 +177,8 @@ class RealtimeQuery:
 
     def build(self, pipe: redis.client.Pipeline) -> None:
         reader = self.reader
+        if None in self.reads:
+            raise RuntimeError("a sharded feature store's query needs prefetch() and prefetched() first")
         self._sizes = [reader.queue_watermarks(pipe)]
         for read in self.reads:
             read.build(pipe)
