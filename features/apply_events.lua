@@ -10,7 +10,10 @@
 --       then one JSON array of ranges, each ["topic:partition", from, to]: the offsets [from, to)
 --       of that partition this call covers (its events, and the messages between them that were
 --       not events: dead letters); then one JSON array of the actions the (user, category)
---       counters count (the ones features read).
+--       counters count (the ones features read); then, optionally, one JSON array of catalogue
+--       notes [item, category ("" if none)]: items of the batch's events that other shards apply,
+--       entered in this shard's catalogue before its own events (features/shards.py: every
+--       shard's catalogue holds every item, so a user's shard knows each item's category).
 --       (One JSON argument instead of 7 per event: packing thousands of arguments costs the
 --       client more than decoding one string costs Redis.)
 -- At most once: an event with an offset below its partition's applied offset (hash {p}offsets:
@@ -160,6 +163,7 @@ local okey = p .. 'offsets'
 local ranges = cjson.decode(ARGV[i + 1])
 local uc_actions = {}
 for _, action in ipairs(cjson.decode(ARGV[i + 2])) do uc_actions[action] = true end
+local notes = ARGV[i + 3] and cjson.decode(ARGV[i + 3]) or {}
 local next_of, gaps = {}, {0, 0}
 for r, range in ipairs(ranges) do
   local mark = redis.call('HGET', okey, range[1])
@@ -203,6 +207,12 @@ end
 -- Bulk reads, one command each: the catalogue entries of the call's items, then (with the category
 -- each event sees, in event order) every ring string, then the ranking scores of positive items.
 local items, positives = {}, {}
+for _, note in ipairs(notes) do
+  if cat_of[note[1]] == nil then
+    cat_of[note[1]] = false
+    table.insert(items, note[1])
+  end
+end
 for _, ev in ipairs(events) do
   local item = ev[4]
   if cat_of[item] == nil then
@@ -218,6 +228,7 @@ each_slice(items, 1, function(lo, hi)
   local got = redis.call('HMGET', cat_hash, unpack(items, lo, hi))
   for k = lo, hi do cat_of[items[k]] = got[k - lo + 1] end
 end)
+for _, note in ipairs(notes) do note_item(note[1], note[2]) end
 local ring_keys, ring_layouts, listed = {}, {}, {}
 local function want(key, layout)
   if not listed[key] then
@@ -329,7 +340,7 @@ if seq then
     for k = 1, #popped, 2 do redis.call('HDEL', cat_hash, popped[k]) end
   end
 end
-if applied > 0 then
+if applied > 0 or #notes > 0 then
   for _, key in ipairs({cat_hash, cat_log, cat_seq}) do redis.call('EXPIRE', key, key_ttl) end
 end
 for _, z in ipairs(taus) do

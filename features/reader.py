@@ -242,42 +242,14 @@ class FeatureReader:
                          users, rows, lists)
         return len(self.layout.prefixes)
 
-    def catalog_since(self, cursor: Any, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], Any]:
+    def catalog_since(self, cursor: int, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], int]:
         """Catalogue entries ``(item, category or None)`` added or changed after ``cursor``, and the new cursor.
 
         Start from cursor 0; pass back what was returned to get only later changes (at most
-        ``limit`` per call and shard, oldest first). A cursor ahead of the store (Redis was
-        emptied) starts over. On a sharded store the cursor is a tuple, one number per shard.
+        ``limit`` per call, oldest first). A cursor ahead of the store (Redis was emptied) starts
+        over. Every shard's catalogue holds every item (features/shards.py): the first one's is read.
         """
-        if not self.layout.sharded:
-            return self._catalog_since(self.layout.prefixes[0], int(cursor), limit)
-        cursors = cursor if isinstance(cursor, tuple) else (int(cursor),) * len(self.layout.prefixes)
-        entries: list[tuple[str, str | None]] = []
-        moved = []
-        for prefix, at in zip(self.layout.prefixes, cursors):
-            found, at = self._catalog_since(prefix, at, limit)
-            entries += found
-            moved.append(at)
-        merged: dict[str, str | None] = {}
-        for name, category in entries:  # an item several shards list: the category one of them knows
-            merged[name] = merged.get(name) or category
-        return list(merged.items()), tuple(moved)
-
-    def categories(self, item_ids: Sequence[str]) -> list[str | None]:
-        """Each item's category in the catalogue (None if unknown), from every shard (one round trip)."""
-        return _decoded_categories(self.run_pipeline(lambda pipe: self.queue_categories(pipe, item_ids)))
-
-    async def categories_async(self, item_ids: Sequence[str]) -> list[str | None]:
-        """:meth:`categories` without blocking the event loop."""
-        return _decoded_categories(await self.run_pipeline_async(lambda pipe: self.queue_categories(pipe, item_ids)))
-
-    def queue_categories(self, pipe: Any, item_ids: Sequence[str]) -> None:
-        """Queue an HMGET of the items' catalogue entries in each shard (see :meth:`categories`)."""
-        for p in self.layout.prefixes:
-            pipe.hmget(keys.catalog(p), list(item_ids) or [""])
-
-    def _catalog_since(self, p: str, cursor: int, limit: int) -> tuple[list[tuple[str, str | None]], int]:
-        """:meth:`catalog_since` of the shard with prefix ``p``."""
+        p = self.layout.prefixes[0]
         pipe = self.client.pipeline(transaction=False)
         pipe.zrangebyscore(keys.catalog_log(p), f"({cursor}", "+inf", start=0, num=limit, withscores=True)
         pipe.get(keys.catalog_seq(p))
@@ -330,8 +302,7 @@ class FeatureReader:
         stream (``"g"``, one row) or (user, item) pairs (``"uc"``, ids ``(user, item)``: the user's
         counts of the item's category, zeros where the catalogue has none) at the watermark, in one
         round trip: ``int64 (len(ids), len(names))``. Many reads in one pipeline: :class:`RingRead`."""
-        cats = self.categories([i for _, i in ids]) if kind == "uc" and self.layout.sharded else None
-        read = RingRead(self, kind, ids, names, categories=cats)
+        read = RingRead(self, kind, ids, names)
         shards = len(self.layout.prefixes)
 
         def build(pipe: Any) -> None:
@@ -433,10 +404,7 @@ class RingRead:
     items' trending log-scores and catalogue categories (:meth:`extras`)."""
 
     def __init__(self, reader: FeatureReader, kind: str, ids: Sequence[Any], names: Sequence[str],
-                 extras: bool = False, categories: Sequence[str | None] | None = None) -> None:
-        """``categories`` (``"uc"``): each pair's item category, read beforehand from every shard's
-        catalogue (:meth:`FeatureReader.categories`); needed on a sharded store, where the user's
-        shard may not know the item."""
+                 extras: bool = False) -> None:
         if kind not in ("u", "i", "g", "uc"):
             raise ValueError(f"kind must be u, i, g or uc, got {kind!r}")
         if extras and kind != "i":
@@ -457,10 +425,6 @@ class RingRead:
         self.actions = list(dict.fromkeys(a for a, _ in self.names))
         self.reader, self.kind = reader, kind
         self.ids = [""] if kind == "g" else list(ids)
-        if kind == "uc" and categories is not None:
-            self.ids = [(u, i, c or "") for (u, i), c in zip(self.ids, categories)]
-        elif kind == "uc" and reader.layout.sharded:
-            raise ValueError("a sharded feature store reads user-category counts with the items' categories")
         if kind in ("u", "uc"):  # a user's rings live in the user's shard
             self.parts = reader.shard_groups([i if kind == "u" else i[0] for i in self.ids])
         else:  # every shard holds part of every item's (and the stream's) counts
@@ -537,25 +501,6 @@ def covisit_sums(replies: Sequence[Sequence[int]]) -> np.ndarray:
     """One co-visit score per pair from the replies :meth:`FeatureReader.covisit_scores` queued."""
     return np.sum([np.asarray(r, dtype=np.float64) for r in replies], axis=0) if len(replies) > 1 \
         else np.asarray(replies[0], dtype=np.float64)
-
-
-def catalog_restarted(cursor: Any, before: Any) -> bool:
-    """True if a :meth:`FeatureReader.catalog_since` cursor went back (the store was emptied):
-    ints compared, tuples (sharded stores) shard by shard; a first cursor (0) never went back.
-
-    >>> catalog_restarted(0, 5), catalog_restarted((3, 0), (3, 2)), catalog_restarted((1, 1), 0)
-    (True, True, False)
-    """
-    if isinstance(cursor, tuple) and isinstance(before, tuple):
-        return any(a < b for a, b in zip(cursor, before))
-    if isinstance(cursor, int) and isinstance(before, int):
-        return cursor < before
-    return False
-
-
-def _decoded_categories(replies: Sequence[Sequence[bytes | None]]) -> list[str | None]:
-    """Per item, the first shard's non-empty category (None if no shard knows one)."""
-    return [c.decode() if c else None for c in first_known(replies)]
 
 
 def _recent_lists(replies: Sequence[Sequence[bytes]], users: Sequence[str], row: np.ndarray) -> list[list[str]]:

@@ -16,13 +16,13 @@ the model learns to read its label from its features.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import redis
 
 from features.ids import distinct
-from features.reader import FeatureReader, RingRead, covisit_sums, first_known
+from features.reader import FeatureReader, RingRead, covisit_sums
 from rtrec.recipe.model import REALTIME_FEATURES
 
 __all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "read_realtime_many",
@@ -92,27 +92,40 @@ async def read_realtime_async(reader: FeatureReader, user_ids: Sequence[str], it
 
 
 def read_realtime_many(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
-                       categories: bool = False) -> list[RealtimeReads]:
+                       categories: bool = False, recent: Mapping[str, Sequence[str]] | None = None
+                       ) -> list[RealtimeReads]:
     """:func:`read_realtime` of several ``(user_ids, item_ids)`` reads in ONE round trip and one
     decode: the reads are merged into one query (every pair keeps its own user), so a batch of
-    requests costs four scripts and one numpy pass, not four scripts and a decode per request."""
+    requests costs four scripts and one numpy pass, not four scripts and a decode per request.
+    A sharded store needs the users' ``recent`` items (newest first; serving has them from its
+    recall), else reads them first: one more round trip."""
     query, bounds = RealtimeQuery.merged(reader, pairs, categories)
     if query is None:
         return [RealtimeReads.empty(categories) for _ in pairs]
-    if reader.layout.sharded:  # first the users' lists and the items' categories, from their shards
-        query.prefetched(reader.run_pipeline(query.prefetch))
+    if reader.layout.sharded:
+        query.recent = _recent_of(query.users, recent) or reader.recent_items_many(
+            query.users, limit=reader.config.covisit_query)
     return query.decode(reader.run_pipeline(query.build)).split(bounds)
 
 
 async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
-                                   categories: bool = False) -> list[RealtimeReads]:
+                                   categories: bool = False, recent: Mapping[str, Sequence[str]] | None = None
+                                   ) -> list[RealtimeReads]:
     """:func:`read_realtime_many` without blocking the event loop while Redis answers (serving)."""
     query, bounds = RealtimeQuery.merged(reader, pairs, categories)
     if query is None:
         return [RealtimeReads.empty(categories) for _ in pairs]
     if reader.layout.sharded:
-        query.prefetched(await reader.run_pipeline_async(query.prefetch))
+        query.recent = _recent_of(query.users, recent) or await reader.recent_items_many_async(
+            query.users, limit=reader.config.covisit_query)
     return query.decode(await reader.run_pipeline_async(query.build)).split(bounds)
+
+
+def _recent_of(users: Sequence[str], recent: Mapping[str, Sequence[str]] | None) -> list[list[str]] | None:
+    """Each user's recent items from ``recent``, or None unless it has every user."""
+    if recent is None or any(u not in recent for u in users):
+        return None
+    return [list(recent[u]) for u in users]
 
 
 class RealtimeQuery:
@@ -146,39 +159,16 @@ class RealtimeQuery:
         self.items, self.item_row = distinct(self.pair_items)
         user_row = np.broadcast_to(self.user_row, (self.n,)).tolist()
         self.pairs = list(zip(user_row, self.pair_items))
-        self.recent: list[list[str]] | None = None  # the users' recent lists: a sharded store needs them
-        self.reads = self._reads()
+        self.reads = (RingRead(reader, "i", self.items, ITEM_COUNTS, extras=True),
+                      RingRead(reader, "u", self.users, USER_COUNTS),
+                      RingRead(reader, "g", [], ITEM_COUNTS),
+                      RingRead(reader, "uc", [(self.users[u], i) for u, i in self.pairs], USER_CATEGORY_COUNTS))
+        #: the users' recent items (newest first): a sharded store sums co-visits over shards with them
+        self.recent: list[list[str]] | None = None
         self._sizes: list[int] = []
-
-    def _reads(self, categories: Sequence[str | None] | None = None) -> tuple[RingRead | None, ...]:
-        """The ring reads of the query; ``categories``: each pair's item category, which a sharded
-        store needs for the user-category read (None there until :meth:`prefetched`)."""
-        reader = self.reader
-        uc_pairs = [(self.users[u], i) for u, i in self.pairs]
-        return (RingRead(reader, "i", self.items, ITEM_COUNTS, extras=True),
-                RingRead(reader, "u", self.users, USER_COUNTS),
-                RingRead(reader, "g", [], ITEM_COUNTS),
-                RingRead(reader, "uc", uc_pairs, USER_CATEGORY_COUNTS, categories=categories)
-                if categories is not None or not reader.layout.sharded else None)
-
-    def prefetch(self, pipe: redis.client.Pipeline) -> None:
-        """Queue what a sharded store must read before the query: the users' last items (co-visit
-        scores are summed over the shards with them) and the items' categories (a user's shard
-        may not know an item's)."""
-        self.reader.recent_queue(self.users, self.reader.config.covisit_query)(pipe)
-        self.reader.queue_categories(pipe, self.items)
-
-    def prefetched(self, replies: list) -> None:
-        """Take the replies of :meth:`prefetch`."""
-        n = len(self.users)
-        self.recent = [[r.decode() for r in rows] for rows in replies[:n]]
-        categories = [c.decode() if c else None for c in first_known(replies[n:])]
-        self.reads = self._reads([categories[self.item_row[k]] for k in range(self.n)])
 
     def build(self, pipe: redis.client.Pipeline) -> None:
         reader = self.reader
-        if None in self.reads:
-            raise RuntimeError("a sharded feature store's query needs prefetch() and prefetched() first")
         self._sizes = [reader.queue_watermarks(pipe)]
         for read in self.reads:
             read.build(pipe)

@@ -3,8 +3,7 @@
 -- one JSON string instead of thousands of arguments (redis-py packs each argument in Python:
 -- 11 % of serving's time at 200 ranked items when it sent MGET keys itself). Sums are left to the
 -- reader (features/reader.py RingRead, numpy). ARGV: prefix, kind ("u", "i", "g", or "uc": the
--- ids are [user, item] pairs and the category is the item's in the catalogue, or [user, item,
--- category] with the category read elsewhere: a sharded store's, features/shards.py), the actions as ONE
+-- ids are [user, item] pairs and the category is the item's in the catalogue), the actions as ONE
 -- JSON array, the ids as ONE JSON array, then "1" to also return, for items, their trending
 -- log-scores and catalogue categories. Returns, per id and action, the ring string (false where
 -- none), or with the flag {rings, trending scores (false if unranked), categories (false if
@@ -30,14 +29,14 @@ local entities = {}  -- the key part of each id: false where there is none (an i
 if kind == 'uc' then
   local items, index = {}, {}
   for _, pair in ipairs(ids) do
-    if pair[3] == nil and not index[pair[2]] then
+    if not index[pair[2]] then
       items[#items + 1] = pair[2]
       index[pair[2]] = #items
     end
   end
   local categories = bulk('HMGET', p .. 'items', items)
   for n, pair in ipairs(ids) do
-    local category = pair[3] or categories[index[pair[2]]]
+    local category = categories[index[pair[2]]]
     entities[n] = category and category ~= '' and pair[1] .. '\31' .. category .. '\31'
   end
 else

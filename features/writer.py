@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from typing import Iterator, Mapping, Sequence
 
@@ -38,7 +38,6 @@ from prometheus_client import Counter, Histogram
 
 from features import keys
 from features.config import FeatureConfig
-from features.reader import first_known
 from rtrec.errors import RtrecError
 from rtrec.events import Event
 
@@ -57,6 +56,8 @@ WRITE_SECONDS = Histogram("rtrec_features_redis_write_seconds", "Time to write o
 
 
 TopicPartition = tuple[str, int]
+#: One script call: (shard, events with their [range, offset], ranges, catalogue notes or None).
+Call = tuple[int, list[tuple["Event", list]], list[list], "bytes | None"]
 #: Where an event was read from: (topic, partition, offset).
 LogPosition = tuple[str, int, int]
 
@@ -129,13 +130,13 @@ class FeatureWriter:
         if not events and not ranges:
             return WriteResult(0, 0)
         start = time.perf_counter()
-        calls = [(shard, chunk, chunk_ranges)
-                 for shard, (shard_events, shard_positions) in enumerate(self._by_shard(events, positions))
-                 for chunk, chunk_ranges in _calls(shard_events, shard_positions, ranges or {})]
+        calls = [(shard, chunk, chunk_ranges, notes if k == 0 else None)  # notes go with a shard's first call
+                 for shard, (shard_events, shard_positions, notes) in enumerate(self._by_shard(events, positions))
+                 for k, (chunk, chunk_ranges) in enumerate(_calls(shard_events, shard_positions, ranges or {}))]
         results = self._run(calls)
         gaps: dict[TopicPartition, tuple[int, int]] = {}
         refused = False
-        for (_, _, chunk_ranges), r in zip(calls, results):
+        for (_, _, chunk_ranges, _), r in zip(calls, results):
             refused = refused or len(r) > 2
             for k in range(2, len(r), 2):  # {0, 0, range, applied offset, ...}: nothing of this call applied
                 field = chunk_ranges[int(r[k]) - 1][0]
@@ -153,8 +154,8 @@ class FeatureWriter:
             raise OffsetGap(gaps, WriteResult(applied, duplicates))
         return WriteResult(applied, duplicates)
 
-    def _run(self, calls: list[tuple[int, list[tuple[Event, list]], list[list]]]) -> list:
-        """One script call per (shard, events, ranges), all in one pipeline (on a cluster, one per
+    def _run(self, calls: list[Call]) -> list:
+        """One script call per (shard, events, ranges, catalogue notes), all in one pipeline (on a cluster, one per
         node). The calls a Redis refused for lack of the script (it restarted) run once more after
         loading it; only those, so no call is applied twice."""
         results = self._pipelined(calls)
@@ -168,12 +169,13 @@ class FeatureWriter:
                 raise r
         return results
 
-    def _pipelined(self, calls: list[tuple[int, list[tuple[Event, list]], list[list]]]) -> list:
+    def _pipelined(self, calls: list[Call]) -> list:
         """The calls' replies, an exception object in place of each call that failed."""
         pipe = self.client.pipeline(transaction=False)
-        for shard, chunk, chunk_ranges in calls:
+        for shard, chunk, chunk_ranges, notes in calls:
             pipe.evalsha(self._script.sha, 1, self._layout.route(shard), self._layout.prefixes[shard],
-                         *self._head, self._encode(chunk), orjson.dumps(chunk_ranges), self._uc_actions)
+                         *self._head, self._encode(chunk), orjson.dumps(chunk_ranges), self._uc_actions,
+                         *([] if notes is None else [notes]))
         return pipe.execute(raise_on_error=False)
 
     def applied_offsets(self) -> dict[TopicPartition, int]:
@@ -190,39 +192,27 @@ class FeatureWriter:
                 out[tp] = min(int(offset), out.get(tp, int(offset)))
         return out
 
-    def _with_categories(self, events: Sequence[Event]) -> Sequence[Event]:
-        """The events, those without an item category given the one the catalogue knows (from
-        every shard) or an earlier event of the batch gave: a sharded store's catalogue is split
-        like its counts, and the user's shard may not know the item (features/shards.py)."""
-        missing = list(dict.fromkeys(e.item_id for e in events if not (e.item or {}).get("category")))
-        if not missing:
-            return events
-        pipe = self.client.pipeline(transaction=False)
-        for prefix in self._layout.prefixes:
-            pipe.hmget(keys.catalog(prefix), missing)
-        known = {item: c.decode() for item, c in zip(missing, first_known(pipe.execute())) if c}
-        out = []
-        for e in events:
-            category = (e.item or {}).get("category")
-            if category:
-                known[e.item_id] = str(category)
-            elif e.item_id in known:
-                e = replace(e, item={**(e.item or {}), "category": known[e.item_id]})
-            out.append(e)
-        return out
-
     def _by_shard(self, events: Sequence[Event], positions: Sequence[LogPosition] | None
-                  ) -> list[tuple[Sequence[Event], Sequence[LogPosition] | None]]:
-        """The events (and their positions) of each shard, in order; every shard gets a part, even
-        an empty one, so that each shard's applied offsets cover the whole batch."""
+                  ) -> list[tuple[Sequence[Event], Sequence[LogPosition] | None, bytes | None]]:
+        """The events (and their positions) of each shard, in order, and the catalogue notes of the
+        other shards' items (features/shards.py: every shard's catalogue holds every item); every
+        shard gets a part, even an empty one, so that each shard's applied offsets cover the batch."""
         if not self._layout.sharded:
-            return [(events, positions)]
-        events = self._with_categories(events)
+            return [(events, positions, None)]
         parts: list[list[int]] = [[] for _ in self._layout.prefixes]
         for n, shard in enumerate(self._layout.of_users([e.user_id for e in events])):
             parts[shard].append(n)
-        return [([events[n] for n in part], None if positions is None else [positions[n] for n in part])
-                for part in parts]
+        out = []
+        for part in parts:
+            mine = set(part)
+            notes: dict[str, str] = {}
+            for n, e in enumerate(events):
+                if n not in mine:
+                    category = str((e.item or {}).get("category", ""))
+                    notes[e.item_id] = category or notes.get(e.item_id, "")
+            out.append(([events[n] for n in part], None if positions is None else [positions[n] for n in part],
+                        orjson.dumps(list(notes.items()))))
+        return out
 
     def _within_bound(self, events: Sequence[Event], now: float) -> Sequence[int]:
         """Indexes of the events no later than ``now + max_event_ahead_s``; the others are counted and logged."""

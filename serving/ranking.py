@@ -164,9 +164,11 @@ class Recommender:
 
     def recommend_many(self, asks: Sequence[Ask]) -> list[Recommendation]:
         """:meth:`recommend` of several requests, each stage done once for all of them."""
-        plans = self._retrieve_many(asks, self.reader.recall_many([a.user_id for a in asks], self.config.covisited))
+        recalls = self.reader.recall_many([a.user_id for a in asks], self.config.covisited)
+        plans = self._retrieve_many(asks, recalls)
         ranked = [p for p in plans if not p.cold_start]
-        reads = read_realtime_many(self.reader, [([p.user_id], p.names) for p in ranked], categories=True)
+        reads = read_realtime_many(self.reader, [([p.user_id], p.names) for p in ranked], categories=True,
+                                   recent=_recent_by_user(asks, recalls))
         cold = [p for p in plans if p.cold_start]
         depth = max((p.k + len(p.blocked) for p in cold), default=0)
         top = {name: self.reader.top(name, depth) for name in ("trending", "popular")} if cold else {}
@@ -175,12 +177,12 @@ class Recommender:
     async def recommend_many_async(self, asks: Sequence[Ask]) -> list[Recommendation]:
         """:meth:`recommend_many` leaving the event loop free while Redis answers (two round trips in
         all, whatever the number of requests; the HTTP handlers batch concurrent requests into it)."""
-        plans = self._retrieve_many(asks, await self.reader.recall_many_async([a.user_id for a in asks],
-                                                                              self.config.covisited))
+        recalls = await self.reader.recall_many_async([a.user_id for a in asks], self.config.covisited)
+        plans = self._retrieve_many(asks, recalls)
         ranked = [p for p in plans if not p.cold_start]
         cold = [p for p in plans if p.cold_start]
         reads = await read_realtime_many_async(self.reader, [([p.user_id], p.names) for p in ranked],
-                                               categories=True)
+                                               categories=True, recent=_recent_by_user(asks, recalls))
         depth = max((p.k + len(p.blocked) for p in cold), default=0)
         top = await self.reader.top_many_async(("trending", "popular"), depth) if cold else {}
         return self._finish_many(plans, ranked, reads, top)
@@ -341,6 +343,12 @@ class Ask:
     context: Mapping[str, Any] | None = None
     exclude: Sequence[str] = ()
     explain: bool = False  # also say what retrieval, ranking and the rules did (Recommendation.explain)
+
+
+def _recent_by_user(asks: Sequence[Ask], recalls: Sequence[UserRecall]) -> dict[str, list[str]]:
+    """Each asking user's recent items as the recall read them (the ranking features' co-visit
+    sums take them on a sharded store instead of reading them again)."""
+    return {a.user_id: r.recent for a, r in zip(asks, recalls)}
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import redis
 
-from features.reader import FeatureReader, catalog_restarted
+from features.reader import FeatureReader
 from rtrec.errors import RtrecError
 from serving.catalog import ItemCatalog
 from serving.index import ItemIndex, as_faiss_ids
@@ -207,7 +207,7 @@ class SyncLoop:
             return
         for _ in range(CATALOG_PER_SYNC // CATALOG_CHUNK):
             entries, cursor = self.reader.catalog_since(self._catalog_cursor, CATALOG_CHUNK)
-            if catalog_restarted(cursor, self._catalog_cursor):
+            if cursor < self._catalog_cursor:
                 log.warning("the feature store's catalogue restarted (Redis emptied?); reading it again")
             self._catalog_cursor = cursor
             if entries:
