@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 SCRIPT = resources.files("features").joinpath("apply_events.lua").read_text()
 #: Events per script call: bounds how long one call holds Redis (it is single-threaded).
 EVENTS_PER_CALL = 200
+#: A sharded store's writer notes an item in every shard's catalogue again after this long, and
+#: remembers at most this many noted items (FeatureWriter._notes).
+NOTE_AGAIN_S = 300.0
+NOTED_MAX = 200_000
 
 EVENTS_APPLIED = Counter("rtrec_features_events_applied_total", "Events whose feature effects were applied.")
 EVENTS_DUPLICATE = Counter("rtrec_features_events_duplicate_total", "Events skipped as already applied.")
@@ -100,6 +104,7 @@ class FeatureWriter:
         self._script = client.register_script(SCRIPT)
         c = self.config
         self._layout = c.layout
+        self._noted: dict[str, tuple[str, float]] = {}  # item -> (category, when) noted in every shard
         self._head = [c.dedupe_window_s, c.key_ttl_s, c.recent_items, c.session_gap_s,
                       c.trending_tau_s, c.popular_tau_s, c.ranking_size, c.catalog_size, c.covisit_window,
                       c.covisit_keep, _window_number(c), len(c.windows)]
@@ -130,8 +135,10 @@ class FeatureWriter:
         if not events and not ranges:
             return WriteResult(0, 0)
         start = time.perf_counter()
-        calls = [(shard, chunk, chunk_ranges, notes if k == 0 else None)  # notes go with a shard's first call
-                 for shard, (shard_events, shard_positions, notes) in enumerate(self._by_shard(events, positions))
+        notes = self._notes(events) if self._layout.sharded else []
+        encoded = orjson.dumps(notes) if self._layout.sharded else None
+        calls = [(shard, chunk, chunk_ranges, encoded if k == 0 else None)  # notes go with a shard's first call
+                 for shard, (shard_events, shard_positions) in enumerate(self._by_shard(events, positions))
                  for k, (chunk, chunk_ranges) in enumerate(_calls(shard_events, shard_positions, ranges or {}))]
         results = self._run(calls)
         gaps: dict[TopicPartition, tuple[int, int]] = {}
@@ -152,12 +159,15 @@ class FeatureWriter:
         EVENTS_DUPLICATE.inc(duplicates)
         if refused:
             raise OffsetGap(gaps, WriteResult(applied, duplicates))
+        now = time.monotonic()  # the notes are in every shard's catalogue
+        for item, category in notes:
+            self._noted[item] = (category or self._noted.get(item, ("", 0.0))[0], now)
         return WriteResult(applied, duplicates)
 
     def _run(self, calls: list[Call]) -> list:
-        """One script call per (shard, events, ranges, catalogue notes), all in one pipeline (on a cluster, one per
-        node). The calls a Redis refused for lack of the script (it restarted) run once more after
-        loading it; only those, so no call is applied twice."""
+        """One script call per (shard, events, ranges, catalogue notes), all in one pipeline (on a
+        cluster, one per node). The calls a Redis refused for lack of the script (it restarted) run
+        once more after loading it; only those, so no call is applied twice."""
         results = self._pipelined(calls)
         missing = [k for k, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
         if missing:
@@ -193,26 +203,35 @@ class FeatureWriter:
         return out
 
     def _by_shard(self, events: Sequence[Event], positions: Sequence[LogPosition] | None
-                  ) -> list[tuple[Sequence[Event], Sequence[LogPosition] | None, bytes | None]]:
-        """The events (and their positions) of each shard, in order, and the catalogue notes of the
-        other shards' items (features/shards.py: every shard's catalogue holds every item); every
-        shard gets a part, even an empty one, so that each shard's applied offsets cover the batch."""
+                  ) -> list[tuple[Sequence[Event], Sequence[LogPosition] | None]]:
+        """The events (and their positions) of each shard, in order; every shard gets a part, even
+        an empty one, so that each shard's applied offsets cover the whole batch."""
         if not self._layout.sharded:
-            return [(events, positions, None)]
+            return [(events, positions)]
         parts: list[list[int]] = [[] for _ in self._layout.prefixes]
         for n, shard in enumerate(self._layout.of_users([e.user_id for e in events])):
             parts[shard].append(n)
-        out = []
-        for part in parts:
-            mine = set(part)
-            notes: dict[str, str] = {}
-            for n, e in enumerate(events):
-                if n not in mine:
-                    category = str((e.item or {}).get("category", ""))
-                    notes[e.item_id] = category or notes.get(e.item_id, "")
-            out.append(([events[n] for n in part], None if positions is None else [positions[n] for n in part],
-                        orjson.dumps(list(notes.items()))))
-        return out
+        return [([events[n] for n in part], None if positions is None else [positions[n] for n in part])
+                for part in parts]
+
+    def _notes(self, events: Sequence[Event]) -> list[tuple[str, str]]:
+        """The batch's items, ``[item, category ("" if none)]``, for every shard's catalogue
+        (features/shards.py), less those this writer noted with the same category within
+        ``NOTE_AGAIN_S``: hot items are not noted batch after batch, and a shard that lost its
+        catalogue (Redis emptied) has them back within that time. Remembered once written."""
+        now = time.monotonic()
+        if len(self._noted) > NOTED_MAX:
+            self._noted.clear()
+        batch: dict[str, str] = {}
+        for e in events:
+            category = str((e.item or {}).get("category", ""))
+            batch[e.item_id] = category or batch.get(e.item_id, "")
+        notes = []
+        for item, category in batch.items():
+            seen = self._noted.get(item)
+            if seen is None or (category and seen[0] != category) or now - seen[1] > NOTE_AGAIN_S:
+                notes.append((item, category))
+        return notes
 
     def _within_bound(self, events: Sequence[Event], now: float) -> Sequence[int]:
         """Indexes of the events no later than ``now + max_event_ahead_s``; the others are counted and logged."""

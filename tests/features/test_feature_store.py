@@ -339,3 +339,18 @@ def test_every_shard_knows_every_items_category(feature_redis) -> None:
         assert feature_redis.client.hlen(f"{p}items") == 12
     counts = reader.window_counts("uc", [(u, f"i{(k + 5) % 12}") for k, u in enumerate(users)], ["click_24h"])
     assert counts[:, 0].tolist() == [1] * 12  # each click counted in its category, known in the user's shard
+
+
+def test_a_writer_notes_an_item_in_every_shard_once_until_its_category_changes(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    config = FeatureConfig(prefix=f"t{uuid.uuid4().hex[:8]}:", shards=3)
+    writer = FeatureWriter(client, config)
+    batch = [Event(f"a{k}", f"u{k}", "hot", "click", 1_700_000_000.0 + k, item={"category": "c1"}) for k in range(9)]
+    writer.write_many(batch)
+    catalogues = [f"{p}items" for p in config.layout.prefixes]
+    assert [client.hget(c, "hot") for c in catalogues] == [b"c1"] * 3
+    client.delete(*catalogues)  # were the item noted again with every batch, this would be refilled
+    writer.write_many([Event("b0", "u0", "hot", "click", 1_700_000_100.0, item={"category": "c1"})])
+    assert sum(client.hexists(c, "hot") for c in catalogues) == 1  # only the shard of u0's own event
+    writer.write_many([Event("c0", "u0", "hot", "click", 1_700_000_200.0, item={"category": "c2"})])
+    assert [client.hget(c, "hot") for c in catalogues] == [b"c2"] * 3  # a new category reaches every shard
