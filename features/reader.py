@@ -161,16 +161,16 @@ class FeatureReader:
         """:meth:`recent_items` of several users (at most the newest ``limit`` each) in one round
         trip; a user named several times is read once."""
         users, row = distinct(list(user_ids))
-        replies = self.run_pipeline(self.recent_queue(users, limit)) if users and limit != 0 else []
+        replies = self.run_pipeline(self._queue_recent(users, limit)) if users and limit != 0 else []
         return _recent_lists(replies, users, row)
 
     async def recent_items_many_async(self, user_ids: Sequence[str], limit: int | None = None) -> list[list[str]]:
         """:meth:`recent_items_many` without blocking the event loop (with an ``async_client``)."""
         users, row = distinct(list(user_ids))
-        replies = await self.run_pipeline_async(self.recent_queue(users, limit)) if users and limit != 0 else []
+        replies = await self.run_pipeline_async(self._queue_recent(users, limit)) if users and limit != 0 else []
         return _recent_lists(replies, users, row)
 
-    def recent_queue(self, users: Sequence[str], limit: int | None) -> Callable[[Any], None]:
+    def _queue_recent(self, users: Sequence[str], limit: int | None) -> Callable[[Any], None]:
         """What queues one LRANGE of each user's newest ``limit`` recent items (all with None)."""
         last = -1 if limit is None else limit - 1
         prefixes = [self.layout.prefixes[g] for g in self.layout.of_users(list(users))]
