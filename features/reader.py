@@ -359,7 +359,7 @@ class FeatureReader:
     def _queue_rings(self, pipe: Any, p: str, kind: str, ids: Sequence[str], actions: Sequence[str]) -> None:
         """Queue a read of the rings of ``ids`` times ``actions`` (entity-major) under prefix ``p``,
         by ``rings.lua`` (a cluster pipeline refuses MGET; the script's keys share ``p``'s slot)."""
-        pipe.evalsha(self._rings_script.sha, 1, p + "wm", p, kind, orjson.dumps(list(actions)),
+        pipe.evalsha(self._rings_script.sha, 1, keys.watermark(p), p, kind, orjson.dumps(list(actions)),
                      orjson.dumps(list(ids)), "0")
 
     def _all_counts(self, parts: Sequence[Sequence[bytes | None]], n: int, actions: Sequence[str],
