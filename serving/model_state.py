@@ -85,8 +85,8 @@ class ServingModel:
             v = self.model.item_vectors(items, cat_rows)
             r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             z = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-            logits = self.model.rank_logits(sides.user[r], sides.recent_mean[r], sides.context_mean[r],
-                                            sides.vector[r], items, cat_rows, v, z)
+            logits = self.model.rank_logits(sides.user, sides.recent_mean, sides.context_mean, sides.vector,
+                                            items, cat_rows, v, z, rows=r)
             return torch.sigmoid(self.model.ranking_logit(logits, sides.vector[r], v, z)).numpy()
 
     def score_with(self, side: UserSide, item_fids: np.ndarray, categories: Sequence[str | None],

@@ -164,8 +164,9 @@ class _CrossLayer(nn.Module):
         nn.init.zeros_(self.linear.bias)
         nn.init.normal_(self.linear.weight, std=0.01)
 
-    def forward(self, x0: Tensor, x: Tensor) -> Tensor:
-        return x0 * self.linear(x) + x
+    def forward(self, x0: Tensor, x: Tensor, product: Tensor | None = None) -> Tensor:
+        """``product``: ``W x_l + b`` when the caller computed it (:meth:`RecModel.rank_logits`)."""
+        return x0 * (self.linear(x) if product is None else product) + x
 
 
 def _mlp(widths: list[int], final_activation: bool) -> nn.Sequential:
@@ -232,15 +233,39 @@ class RecModel(nn.Module):
                                                   dense))
 
     def rank_logits(self, user: Tensor, history: Tensor, context_mean: Tensor, u: Tensor, item: Tensor,
-                    category: Tensor, v: Tensor, dense: Tensor) -> Tensor:
-        """The ranking head's logits ``(B, heads)`` from the pieces :meth:`forward` computes (serving
-        computes the user's once per request and broadcasts them over the candidates)."""
-        last = history[:, :self.config.sparse_dim]
-        x0 = torch.cat([user, history, context_mean, item, category, u * v, last * item, dense], dim=1)
+                    category: Tensor, v: Tensor, dense: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The ranking head's logits ``(n, heads)`` from the pieces :meth:`forward` computes.
+
+        The user's pieces (``user``, ``history``, ``context_mean``, ``u``) have one row per user;
+        ``rows[i]`` is the user of pair ``i`` (None: pair ``i`` is user ``i``, as in training).
+        Serving ranks a user's candidates this way: the part of the first cross layer and of the
+        first deep layer that reads only the user (``x0``'s first ``5d`` columns) is computed once
+        per user and broadcast, instead of once per candidate (about 30 % of the head's multiply
+        work at 100 candidates a request). Training takes the same code with one pair per user.
+        """
+        c, d = self.config, self.config.sparse_dim
+        last = history[:, :d]
+        user_part = torch.cat([user, history, context_mean], dim=1)  # (users, 5d): x0's columns 0..5d
+        if rows is not None:
+            u, last = u[rows], last[rows]
+        pair_part = torch.cat([item, category, u * v, last * item, dense], dim=1)
+        width = user_part.shape[1]
+
+        def first_layer(linear: nn.Linear) -> Tensor:
+            """``linear(x0)``, the user columns' product computed once per user."""
+            per_user = F.linear(user_part, linear.weight[:, :width])
+            if rows is not None:
+                per_user = per_user[rows]
+            return per_user + F.linear(pair_part, linear.weight[:, width:], linear.bias)
+
+        x0 = torch.cat([user_part if rows is None else user_part[rows], pair_part], dim=1)
         x = x0
-        for layer in self.cross:
-            x = layer(x0, x)
-        return self.heads(torch.cat([x, self.deep(x0)], dim=1))
+        for n, layer in enumerate(self.cross):
+            x = layer(x0, x, first_layer(layer.linear) if n == 0 else None)
+        if not c.deep_hidden:
+            return self.heads(torch.cat([x, x0], dim=1))
+        deep = self.deep[1:](first_layer(self.deep[0]))
+        return self.heads(torch.cat([x, deep], dim=1))
 
     def ranking_logit(self, logits: Tensor, u: Tensor, v: Tensor, z: Tensor) -> Tensor:
         """The score serving orders candidates by, ``(B,)``: ``(logit_click + <u, v> / tau) / 2

@@ -109,3 +109,34 @@ def test_the_serving_order_adds_the_weighted_covisits_to_the_mean_of_head_and_to
     z[:, COVISITS] = torch.log1p(torch.tensor([0.0, 1.0, 5.0, 50.0]))
     scored = model.ranking_logit(out.logits, out.user_vectors, out.item_vectors, z)
     assert torch.allclose(scored, base + weight * z[:, COVISITS], atol=1e-6)
+
+
+def _head_by_its_equations(model: RecModel, x0: torch.Tensor) -> torch.Tensor:
+    """The ranking head of the module docstring, one full ``x0`` row per pair."""
+    x = x0
+    for layer in model.cross:
+        x = x0 * layer.linear(x) + x
+    deep = model.deep(x0)
+    return model.heads(torch.cat([x, deep], dim=1))
+
+
+@pytest.mark.parametrize("config", [CONFIG, ModelConfig(sparse_dim=8, tower_dim=16, cross_layers=0),
+                                    ModelConfig(sparse_dim=8, tower_dim=16, deep_hidden=())])
+def test_candidates_of_a_user_rank_as_if_each_pair_had_its_own_copy_of_the_user(config: ModelConfig) -> None:
+    # serving computes the user's part of the first layers once per user (rows=); the logits must be
+    # those of the head's equations over full per-pair inputs, which training also computes
+    model = RecModel(config, seed=3)
+    d, g = config.sparse_dim, torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    users, n = 3, 11
+    user, history, context, u = r(users, d), r(users, 3 * d), r(users, d), r(users, config.tower_dim)
+    item, category, v, dense = r(n, d), r(n, d), r(n, config.tower_dim), r(n, config.n_dense)
+    rows = torch.tensor([0, 2, 2, 1, 0, 1, 2, 0, 0, 1, 2])
+    with torch.no_grad():
+        shared = model.rank_logits(user, history, context, u, item, category, v, dense, rows=rows)
+        per_pair = model.rank_logits(user[rows], history[rows], context[rows], u[rows], item, category, v, dense)
+        x0 = torch.cat([user[rows], history[rows], context[rows], item, category, u[rows] * v,
+                        history[rows, :d] * item, dense], dim=1)
+        expected = _head_by_its_equations(model, x0)
+    assert torch.allclose(shared, expected, atol=1e-5)
+    assert torch.allclose(per_pair, expected, atol=1e-5)
