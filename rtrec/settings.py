@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".rtrec-data"), description="Scratch folder of a worker (Faust's data dir).")
 
     # Serving
+    serving_sync_nice: int = Field(
+        10, ge=0, le=19,
+        description="CPU niceness serving's sync thread adds to itself (Linux): re-embedding every item and "
+                    "rebuilding the index after new dense weights yields the CPU to requests (0 = same priority).")
     http_host: str = Field("127.0.0.1", description="Address the serving HTTP API binds to.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the serving HTTP API.")
     api_key: str = Field("", description="X-API-Key serving requires (not /healthz, /metrics, OpenAPI); empty = none.")

@@ -136,7 +136,7 @@ def main(settings: Any) -> None:
         # it out of the cyclic collector's full passes, which otherwise stall requests for ms.
         gc.collect()
         gc.freeze()
-        serving.sync.start()
+        serving.sync.start(nice=settings.serving_sync_nice)
         metrics_url = serve_metrics(settings.metrics_port, settings.metrics_host, registry)
         # uvicorn stops on SIGTERM and then re-raises it to the handler found at start; make that
         # one ours (a log line), so the process does not die there but runs the clean-up below.
