@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     log_impressions: bool = Field(True, description="Log every /recommend list back to Kafka as impression events.")
     impression_linger_ms: int = Field(100, ge=0, description="How long serving's impression producer waits to fill a batch.")
     index_ivf_min_items: int = Field(50_000, ge=1, description="Catalogue size from which retrieval uses an IVF index, not exact search.")
-    index_nprobe: int = Field(128, ge=1, description="IVF lists searched per query (recall against speed).")
+    index_nprobe: int = Field(64, ge=1, description="IVF lists searched per query (recall against speed).")
 
     # The local stack (rtrec up)
     stack_max_restarts: int = Field(

@@ -5,9 +5,13 @@ Index choice, by catalogue size at each (re)build:
 - below ``IndexPlan.ivf_min_items`` (default 50,000): exact search, ``IndexIDMap2(IndexFlatIP)``;
   recall 1.0 by construction, cost one pass over every vector per query (0.5 ms for 100,000
   vectors of dimension 32 here, with FAISS's generic build).
-- from there on: ``IndexIVFFlat`` (inner product) with ``nlist = 4 * sqrt(n)`` lists (at least
+- from there on: ``IndexIVFFlat`` (inner product) with ``nlist = sqrt(n)`` lists (at least
   ``min_lists``), a direct map by hash table so items are removed and replaced by ID, and
-  ``nprobe`` lists searched per query. The coarse quantizer is trained (spherical k-means, 10
+  ``nprobe`` lists searched per query. Filing ``n`` vectors costs ``n * nlist`` inner products and
+  k-means on ``train_per_list * nlist`` points ``nlist`` times that, so the number of lists decides
+  what a rebuild costs: at 100,000 untrained-tower vectors, ``sqrt(n)`` = 316 lists with 64 probed
+  re-filed in 103 ms against 423 ms for ``4 * sqrt(n)`` = 1,264 lists with 128 probed, at the same
+  recall@50 (0.998 / 0.997 against exact search) and 0.22 against 0.20 ms per query for 150 items. The coarse quantizer is trained (spherical k-means, 10
   iterations) on a sample of at most ``train_per_list * nlist`` vectors. A rebuild that replaces
   an IVF index with as many lists (every dense sync) starts k-means from the old index's
   centroids and runs ``warm_iterations`` (2): the item tower moves little between two dense syncs,
@@ -56,7 +60,7 @@ class IndexPlan:
     """How :class:`ItemIndex` picks and sizes its FAISS index (see the module docstring)."""
 
     ivf_min_items: int = 50_000
-    nprobe: int = 128
+    nprobe: int = 64
     min_lists: int = 64
     train_per_list: int = 40
     warm_iterations: int = 2
@@ -67,7 +71,7 @@ class IndexPlan:
         return "ivf" if n >= self.ivf_min_items else "flat"
 
     def lists_for(self, n: int) -> int:
-        return max(self.min_lists, int(4 * math.sqrt(max(n, 1))))
+        return max(self.min_lists, int(math.sqrt(max(n, 1))))
 
 
 class ItemIndex:
