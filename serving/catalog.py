@@ -6,6 +6,9 @@ from what it sees: integer-like IDs (``"1193"``) decode exactly from their featu
 names come from the feature store (the trending/popular rankings, read every sync, with their
 categories) and from requests (``/score`` item IDs, users' recent items). Only named items enter
 the retrieval index; a category learned later re-embeds the item (the item tower reads it).
+Each category is also kept as its feature ID in arrays behind a vectorised hash index
+(:meth:`ItemCatalog.category_ids`), so re-embedding 100,000 items after a dense sync looks their
+categories up in a few numpy calls instead of 100,000 dictionary reads and string hashes.
 
 >>> from features.ids import feature_ids
 >>> catalog = ItemCatalog(item_slot=2)
@@ -14,6 +17,9 @@ the retrieval index; a category learned later re-embeds the item (the item tower
 True
 >>> catalog.names(fids), catalog.categories(fids)
 (['i1', '7'], ['shoes', None])
+>>> ids, known = ItemCatalog(item_slot=2, category_slot=3).category_ids(fids)
+>>> known.tolist()
+[False, False]
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from features.ids import VALUE_BITS, feature_ids, is_hashed
+from param_server.hash_index import HashIndex
 
 __all__ = ["ItemCatalog"]
 
@@ -33,10 +40,13 @@ _VALUE_MASK = np.uint64((1 << VALUE_BITS) - 1)
 class ItemCatalog:
     """Item feature ID <-> raw item ID, plus the last known category of each item."""
 
-    def __init__(self, item_slot: int) -> None:
-        self.item_slot = item_slot
+    def __init__(self, item_slot: int, category_slot: int | None = None) -> None:
+        self.item_slot, self.category_slot = item_slot, category_slot
         self._names: dict[int, str] = {}
         self._categories: dict[int, str] = {}
+        self._rows = HashIndex()  # item feature ID -> row of the two arrays below
+        self._category_ids = np.zeros(0, dtype=np.uint64)  # the category's feature ID (category_slot)
+        self._has_category = np.zeros(0, dtype=bool)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -49,6 +59,7 @@ class ItemCatalog:
         fids = feature_ids(self.item_slot, list(names))
         cats = categories if categories is not None else [None] * len(names)
         changed = []
+        recategorised: dict[int, str] = {}
         with self._lock:
             for fid, name, cat in zip(fids.tolist(), names, cats):  # per name: dict updates
                 if fid not in self._names:
@@ -56,8 +67,39 @@ class ItemCatalog:
                     changed.append(fid)
                 if cat and self._categories.get(fid) != cat:
                     self._categories[fid] = cat
+                    recategorised[fid] = cat
                     changed.append(fid)
+            if recategorised and self.category_slot is not None:
+                self._set_category_ids(np.fromiter(recategorised, dtype=np.uint64, count=len(recategorised)),
+                                       feature_ids(self.category_slot, list(recategorised.values())))
         return np.unique(np.asarray(changed, dtype=np.uint64))
+
+    def category_ids(self, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The feature ID of each item's last known category (``category_slot``), and whether it is
+        known: what the item tower reads, vectorised (0 and False where unknown)."""
+        fids = np.asarray(fids, dtype=np.uint64)
+        with self._lock:
+            rows = self._rows.lookup(fids)
+            known = rows >= 0
+            ids = np.zeros(fids.size, dtype=np.uint64)
+            ids[known] = self._category_ids[rows[known]]
+            known[known] = self._has_category[rows[known]]
+        return ids, known
+
+    def _set_category_ids(self, fids: np.ndarray, category_ids: np.ndarray) -> None:
+        """Store the category feature IDs of distinct items (the caller holds the lock)."""
+        rows = self._rows.lookup(fids)
+        new = rows < 0
+        if new.any():
+            start = len(self._rows)
+            rows[new] = np.arange(start, start + int(new.sum()))
+            self._rows.insert(fids[new], rows[new])
+            if len(self._rows) > self._category_ids.size:
+                size = max(1024, 2 * len(self._rows))
+                self._category_ids = np.resize(self._category_ids, size)
+                self._has_category = np.resize(self._has_category, size)
+        self._category_ids[rows] = category_ids
+        self._has_category[rows] = True
 
     def learned(self, fids: np.ndarray) -> np.ndarray:
         """Whether each feature ID was learned (by name; exactly decodable IDs may not be)."""

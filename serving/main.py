@@ -81,7 +81,7 @@ def build_serving(params: Any, reader: FeatureReader | None, registry: Collector
     metrics = ServingMetrics(registry)
     mirror = ParamMirror(tables)
     holder = ModelHolder(mirror, model_config, slots)
-    catalog = ItemCatalog(slots.item)
+    catalog = ItemCatalog(slots.item, slots.category)
     index = ItemIndex(model_config.tower_dim, index_plan)
     sync = SyncLoop(params, mirror, holder, catalog, index, metrics, reader, sync_interval_s, dense_interval_s,
                     min_sync_interval_s, dense_phase=dense_phase)

@@ -33,24 +33,22 @@ class ServingModel:
     def model(self) -> RecModel:
         return self.scorer.model
 
-    def item_vectors(self, item_fids: np.ndarray, categories: Sequence[str | None]) -> np.ndarray:
-        """Item-tower vectors ``(n, D)`` of items given by feature ID (their rows from the mirror).
+    def item_vectors(self, item_fids: np.ndarray, category_ids: np.ndarray, category_known: np.ndarray) -> np.ndarray:
+        """Item-tower vectors ``(n, D)`` of items given by feature ID, with their categories' feature
+        IDs where ``category_known`` (:meth:`serving.catalog.ItemCatalog.category_ids`), rows from
+        the mirror.
 
-        Equals ``Scorer.embed_items(names, categories)``, but needs no raw names, so every synced
-        item can be embedded.
+        Equals ``Scorer.embed_items(names, categories)``, but needs no raw names or category
+        strings, so every synced item is embedded by a few vectorised calls.
         """
-        slots: ModelSlots = self.scorer.slots
-        params = self.scorer.params
-        cats = np.array(["" if c is None else str(c) for c in categories], dtype=str) if len(categories) \
-            else np.array([], dtype=str)
-        cat_ids, cat_valid = slot_ids(slots.category, cats)
+        params, dim = self.scorer.params, self.scorer.slots.dim
+        known = np.asarray(category_known, dtype=bool)
         with torch.no_grad():
             items = torch.from_numpy(params.pull_many(np.asarray(item_fids, dtype=np.uint64)))
-            cat_rows = np.zeros((cat_ids.size, slots.dim), dtype=np.float32)
-            if cat_valid.any():
-                cat_rows[cat_valid] = params.pull_many(cat_ids[cat_valid])
+            cat_rows = np.zeros((known.size, dim), dtype=np.float32)
+            if known.any():
+                cat_rows[known] = params.pull_many(np.asarray(category_ids, dtype=np.uint64)[known])
             return self.model.item_vectors(items, torch.from_numpy(cat_rows)).numpy()
-
 
     def user_sides(self, user_ids: Sequence[str], recents: Sequence[Sequence[str]],
                    contexts: Sequence[Mapping[str, Any] | None]) -> UserSide:

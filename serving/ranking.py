@@ -209,8 +209,7 @@ class Recommender:
         fid = feature_ids(self.slots.item, [item_id])
         if not self.mirror.contains(fid)[0]:
             return None
-        category = self.catalog.categories(fid)[0]
-        query = self.holder.current.item_vectors(fid, [category])
+        query = self.holder.current.item_vectors(fid, *self.catalog.category_ids(fid))
         scores, labels = self.index.search(query, k + 1)
         names = self.catalog.names(labels[0][labels[0] >= 0].view(np.uint64))
         out = [(n, float(s)) for n, s in zip(names, scores[0]) if n is not None and n != item_id]

@@ -250,7 +250,7 @@ class SyncLoop:
             fids = pending[keep]
             for lo in range(0, fids.size, EMBED_CHUNK):
                 chunk = fids[lo:lo + EMBED_CHUNK]
-                vectors = self.holder.current.item_vectors(chunk, self.catalog.categories(chunk))
+                vectors = self.holder.current.item_vectors(chunk, *self.catalog.category_ids(chunk))
                 self.index.upsert(as_faiss_ids(chunk), vectors)
         except BaseException:
             self.note_items(pending)  # retried on the next sync
@@ -266,7 +266,7 @@ class SyncLoop:
         vectors = np.empty((fids.size, self.index.dim), dtype=np.float32)
         for lo in range(0, fids.size, EMBED_CHUNK):
             chunk = fids[lo:lo + EMBED_CHUNK]
-            vectors[lo:lo + chunk.size] = self.holder.current.item_vectors(chunk, self.catalog.categories(chunk))
+            vectors[lo:lo + chunk.size] = self.holder.current.item_vectors(chunk, *self.catalog.category_ids(chunk))
         fresh = ItemIndex.build(self.index.dim, as_faiss_ids(fids), vectors, self.index.plan, previous=self.index)
         self.index.swap_from(fresh)
         seconds = time.perf_counter() - started

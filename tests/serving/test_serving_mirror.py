@@ -86,7 +86,7 @@ def test_sync_indexes_named_items_and_evictions_remove_them(trained: Trained) ->
     sync.sync_once()
     ids, _ = item_rows(trained.store)
     assert len(sync.index) == ids.size > 0
-    vectors = serving.sync.holder.current.item_vectors(ids[:5], [None] * 5)
+    vectors = serving.sync.holder.current.item_vectors(ids[:5], np.zeros(5, np.uint64), np.zeros(5, bool))
     _, found = sync.index.search(vectors, 1)
     assert found[:, 0].tolist() == as_faiss_ids(ids[:5]).tolist()
 
@@ -111,7 +111,9 @@ def test_serving_fast_paths_equal_the_scorer(trained: Trained) -> None:
     fast = model.score_candidates("u3", recent, context, serving.recommender.catalog.feature_ids(items), cats, dense)
     batch = ExampleBatch.for_scoring(["u3"] * 4, items, cats, [context] * 4, [recent] * 4, dense)
     np.testing.assert_allclose(fast, reference.rank_many(batch), rtol=1e-5, atol=1e-6)
-    vectors = model.item_vectors(serving.recommender.catalog.feature_ids(items), cats)
+    catalog = serving.recommender.catalog
+    catalog.learn(items, cats)
+    vectors = model.item_vectors(catalog.feature_ids(items), *catalog.category_ids(catalog.feature_ids(items)))
     np.testing.assert_allclose(vectors, reference.embed_items(items, cats), rtol=1e-5, atol=1e-6)
     side = model.user_side("u3", recent, context)
     np.testing.assert_allclose(side.vector.numpy(), reference.embed_users(["u3"], [recent], [context]),
