@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 
 __all__ = ["lower_thread_priority"]
@@ -19,13 +20,12 @@ log = logging.getLogger(__name__)
 def lower_thread_priority(increment: int) -> int | None:
     """Add ``increment`` to the calling thread's niceness (capped at 19); returns the new niceness,
     or None where threads cannot be niced on their own (not Linux) or the kernel refused."""
-    if increment <= 0:
+    if increment <= 0 or not sys.platform.startswith("linux"):  # elsewhere a thread ID is no process ID
         return None
     tid = threading.get_native_id()
     try:
-        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment)
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-        return os.getpriority(os.PRIO_PROCESS, tid) if os.uname().sysname == "Linux" else None
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+        return os.getpriority(os.PRIO_PROCESS, tid)
     except (AttributeError, OSError) as exc:
         log.warning("could not lower the priority of thread %s: %r", threading.current_thread().name, exc)
         return None

@@ -44,9 +44,8 @@ class ItemCatalog:
         self.item_slot, self.category_slot = item_slot, category_slot
         self._names: dict[int, str] = {}
         self._categories: dict[int, str] = {}
-        self._rows = HashIndex()  # item feature ID -> row of the two arrays below
+        self._rows = HashIndex()  # item feature ID -> row below; only items with a known category
         self._category_ids = np.zeros(0, dtype=np.uint64)  # the category's feature ID (category_slot)
-        self._has_category = np.zeros(0, dtype=bool)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -83,7 +82,6 @@ class ItemCatalog:
             known = rows >= 0
             ids = np.zeros(fids.size, dtype=np.uint64)
             ids[known] = self._category_ids[rows[known]]
-            known[known] = self._has_category[rows[known]]
         return ids, known
 
     def _set_category_ids(self, fids: np.ndarray, category_ids: np.ndarray) -> None:
@@ -95,11 +93,10 @@ class ItemCatalog:
             rows[new] = np.arange(start, start + int(new.sum()))
             self._rows.insert(fids[new], rows[new])
             if len(self._rows) > self._category_ids.size:
-                size = max(1024, 2 * len(self._rows))
-                self._category_ids = np.resize(self._category_ids, size)
-                self._has_category = np.resize(self._has_category, size)
+                grown = np.zeros(max(1024, 2 * len(self._rows)), dtype=np.uint64)
+                grown[:self._category_ids.size] = self._category_ids
+                self._category_ids = grown
         self._category_ids[rows] = category_ids
-        self._has_category[rows] = True
 
     def learned(self, fids: np.ndarray) -> np.ndarray:
         """Whether each feature ID was learned (by name; exactly decodable IDs may not be)."""
