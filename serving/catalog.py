@@ -11,15 +11,15 @@ Each category is also kept as its feature ID in arrays behind a vectorised hash 
 categories up in a few numpy calls instead of 100,000 dictionary reads and string hashes.
 
 >>> from features.ids import feature_ids
->>> catalog = ItemCatalog(item_slot=2)
+>>> catalog = ItemCatalog(item_slot=2, category_slot=3)
 >>> fids = feature_ids(2, ["i1", "7"])
 >>> catalog.learn(["i1"], ["shoes"]).tolist() == fids[:1].tolist()
 True
 >>> catalog.names(fids), catalog.categories(fids)
 (['i1', '7'], ['shoes', None])
->>> ids, known = ItemCatalog(item_slot=2, category_slot=3).category_ids(fids)
->>> known.tolist()
-[False, False]
+>>> ids, known = catalog.category_ids(fids)
+>>> known.tolist(), bool(ids[0] == feature_ids(3, ["shoes"])[0])
+([True, False], True)
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _VALUE_MASK = np.uint64((1 << VALUE_BITS) - 1)
 class ItemCatalog:
     """Item feature ID <-> raw item ID, plus the last known category of each item."""
 
-    def __init__(self, item_slot: int, category_slot: int | None = None) -> None:
+    def __init__(self, item_slot: int, category_slot: int) -> None:
         self.item_slot, self.category_slot = item_slot, category_slot
         self._names: dict[int, str] = {}
         self._categories: dict[int, str] = {}
@@ -68,7 +68,7 @@ class ItemCatalog:
                     self._categories[fid] = cat
                     recategorised[fid] = cat
                     changed.append(fid)
-            if recategorised and self.category_slot is not None:
+            if recategorised:
                 self._set_category_ids(np.fromiter(recategorised, dtype=np.uint64, count=len(recategorised)),
                                        feature_ids(self.category_slot, list(recategorised.values())))
         return np.unique(np.asarray(changed, dtype=np.uint64))

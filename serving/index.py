@@ -11,8 +11,9 @@ Index choice, by catalogue size at each (re)build:
   k-means on ``train_per_list * nlist`` points ``nlist`` times that, so the number of lists decides
   what a rebuild costs: at 100,000 untrained-tower vectors, ``sqrt(n)`` = 316 lists with 64 probed
   re-filed in 103 ms against 423 ms for ``4 * sqrt(n)`` = 1,264 lists with 128 probed, at the same
-  recall@50 (0.998 / 0.997 against exact search) and 0.22 against 0.20 ms per query for 150 items. The coarse quantizer is trained (spherical k-means, 10
-  iterations) on a sample of at most ``train_per_list * nlist`` vectors. A rebuild that replaces
+  recall@50 (0.998 / 0.997 against exact search) and 0.22 against 0.20 ms per query for 150
+  items. The coarse quantizer is trained (spherical k-means, 10 iterations) on a sample of at most
+  ``train_per_list * nlist`` vectors. A rebuild that replaces
   an IVF index with as many lists (every dense sync) starts k-means from the old index's
   centroids and runs ``warm_iterations`` (2): the item tower moves little between two dense syncs,
   and 10 iterations from random points were 1.2 of the 1.75 s a 100,000-item rebuild took. Only

@@ -179,7 +179,7 @@ class SyncLoop:
             self._thread.join(timeout_s)
 
     def _run(self, nice: int = 0) -> None:
-        if nice and lower_thread_priority(nice) is not None:
+        if lower_thread_priority(nice) is not None:
             log.info("sync thread niceness +%d: index rebuilds yield the CPU to requests", nice)
         pause = self.min_interval_s
         while not self._stop.wait(pause):
