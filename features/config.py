@@ -28,6 +28,7 @@ class FeatureConfig:
     user_category_window: str = "24h"  # the window of the (user, category) counters (none if not a window)
     user_category_actions: tuple[str, ...] = ("impression", "click")  # the actions they count: what features read
     covisit_query: int = 5  # the ranking feature sums co-visits with the user's last N items
+    covisit_sums_ttl_ms: int = 2000  # how long serving's recall keeps a user's co-visit sums for its ranking reads
     catalog_size: int = 1_000_000  # items kept in the catalogue (least recently changed leave first)
     ctr_prior_strength: float = 20.0  # pseudo-impressions of the smoothing prior
     lateness_s: float = 3600.0  # how late an event may arrive and still be counted in its window

@@ -19,6 +19,7 @@ session gap.
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |
 | ``{p}sess:{user}`` | list | items acted on in the current session, oldest first |
 | ``{p}cov:{item}`` | sorted set | item → times co-visited with it (by one user within ``covisit_window`` positive actions); the ``covisit_keep`` most co-visited kept |
+| ``{p}covsum:{user}`` | sorted set | item → minus the sum of its co-visits with the user's last ``covisit_query`` items, kept by serving's recall (``covisited.lua``) for ``covisit_sums_ttl_ms`` so that the ranking feature of the same request reads it (``covisits.lua``) instead of summing again |
 | ``{p}trending`` / ``{p}popular`` | sorted set | item → log of its forward-decayed action count |
 | ``{p}items`` | hash | the item catalogue: item → category (``""`` if none known) |
 | ``{p}items:log`` | sorted set | item → sequence number of the write that added or changed its entry |
@@ -59,6 +60,10 @@ def session(prefix: str, user_id: str) -> str:
 
 def covisits(prefix: str, item_id: str) -> str:
     return f"{prefix}cov:{item_id}"
+
+
+def covisit_sums(prefix: str, user_id: str) -> str:
+    return f"{prefix}covsum:{user_id}"
 
 
 def ranking(prefix: str, name: str) -> str:

@@ -197,12 +197,12 @@ class FeatureReader:
         users = orjson.dumps(list(user_ids))
         if recent is None:
             pipe.evalsha(self._covisited_script.sha, 1, self.layout.route(0), self.layout.prefixes[0],
-                         self.config.covisit_query, top, users)
+                         self.config.covisit_query, top, self.config.covisit_sums_ttl_ms, users)
             return
         lists = orjson.dumps(recent)  # every shard holds part of each item's co-visits: ask each for more
         for shard, prefix in enumerate(self.layout.prefixes):
             pipe.evalsha(self._covisited_script.sha, 1, self.layout.route(shard), prefix,
-                         self.config.covisit_query, 2 * top, users, lists)
+                         self.config.covisit_query, 2 * top, self.config.covisit_sums_ttl_ms, users, lists)
 
     @staticmethod
     def _recalls(replies: list, top: int) -> list[UserRecall]:
@@ -222,24 +222,28 @@ class FeatureReader:
         return out
 
     def covisit_scores(self, pipe: Any, user_ids: Sequence[str], pairs: Sequence[tuple[int, str]],
-                       recent: Sequence[Sequence[str]] | None = None) -> int:
+                       recent: Sequence[Sequence[str]] | None = None, recalled: bool = False) -> int:
         """Queue on ``pipe`` the co-visitation score of each ``(index into user_ids, item)`` pair:
         the sum over the user's last ``covisit_query`` items of the times each was co-visited with
         the item (the ranking feature ``pair_log_covisits``). A sharded store needs the users'
-        ``recent`` lists (newest first) and is asked once per shard. Returns how many replies
-        :func:`covisit_sums` adds up into one integer per pair."""
+        ``recent`` lists (newest first) and is asked once per shard. ``recalled``: the users were
+        just recalled (:meth:`recall_many`, serving's first round trip), whose sums are read back
+        (one ZMSCORE per user, not one per recent item) while kept, so a request ranks with the
+        recent items its recall saw. Returns how many replies :func:`covisit_sums` adds up into
+        one integer per pair."""
         c = self.config
         users, rows = orjson.dumps(list(user_ids)), orjson.dumps([(u + 1, i) for u, i in pairs])
+        kept = int(recalled)
         if not self.layout.sharded:
             pipe.evalsha(self._covisits_script.sha, 1, self.layout.route(0), self.layout.prefixes[0],
-                         c.covisit_query, users, rows)
+                         c.covisit_query, kept, users, rows)
             return 1
         if recent is None:
             raise ValueError("a sharded feature store needs the users' recent lists for co-visit scores")
         lists = orjson.dumps([list(r[:c.covisit_query]) for r in recent])
         for shard, prefix in enumerate(self.layout.prefixes):
             pipe.evalsha(self._covisits_script.sha, 1, self.layout.route(shard), prefix, c.covisit_query,
-                         users, rows, lists)
+                         kept, users, rows, lists)
         return len(self.layout.prefixes)
 
     def catalog_since(self, cursor: int, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], int]:

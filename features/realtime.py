@@ -92,32 +92,36 @@ async def read_realtime_async(reader: FeatureReader, user_ids: Sequence[str], it
 
 
 def read_realtime_many(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
-                       categories: bool = False, recent: Mapping[str, Sequence[str]] | None = None
+                       categories: bool = False, recalled: Mapping[str, Sequence[str]] | None = None
                        ) -> list[RealtimeReads]:
     """:func:`read_realtime` of several ``(user_ids, item_ids)`` reads in ONE round trip and one
     decode: the reads are merged into one query (every pair keeps its own user), so a batch of
     requests costs four scripts and one numpy pass, not four scripts and a decode per request.
-    A sharded store needs the users' ``recent`` items (newest first; serving has them from its
-    recall), else reads them first: one more round trip."""
+    ``recalled``: the users' recent items (newest first) as :meth:`FeatureReader.recall_many` read
+    them in serving's first round trip; with every user's, the co-visit sums come from what that
+    recall kept (:meth:`FeatureReader.covisit_scores`). A sharded store needs the lists, else
+    reads them first: one more round trip."""
     query, bounds = RealtimeQuery.merged(reader, pairs, categories)
     if query is None:
         return [RealtimeReads.empty(categories) for _ in pairs]
-    if reader.layout.sharded:
-        query.recent = _recent_of(query.users, recent) or reader.recent_items_many(
-            query.users, limit=reader.config.covisit_query)
+    query.recent = _recent_of(query.users, recalled)
+    query.recalled = query.recent is not None
+    if reader.layout.sharded and query.recent is None:
+        query.recent = reader.recent_items_many(query.users, limit=reader.config.covisit_query)
     return query.decode(reader.run_pipeline(query.build)).split(bounds)
 
 
 async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
-                                   categories: bool = False, recent: Mapping[str, Sequence[str]] | None = None
+                                   categories: bool = False, recalled: Mapping[str, Sequence[str]] | None = None
                                    ) -> list[RealtimeReads]:
     """:func:`read_realtime_many` without blocking the event loop while Redis answers (serving)."""
     query, bounds = RealtimeQuery.merged(reader, pairs, categories)
     if query is None:
         return [RealtimeReads.empty(categories) for _ in pairs]
-    if reader.layout.sharded:
-        query.recent = _recent_of(query.users, recent) or await reader.recent_items_many_async(
-            query.users, limit=reader.config.covisit_query)
+    query.recent = _recent_of(query.users, recalled)
+    query.recalled = query.recent is not None
+    if reader.layout.sharded and query.recent is None:
+        query.recent = await reader.recent_items_many_async(query.users, limit=reader.config.covisit_query)
     return query.decode(await reader.run_pipeline_async(query.build)).split(bounds)
 
 
@@ -165,6 +169,8 @@ class RealtimeQuery:
                       RingRead(reader, "uc", [(self.users[u], i) for u, i in self.pairs], USER_CATEGORY_COUNTS))
         #: the users' recent items (newest first): a sharded store sums co-visits over shards with them
         self.recent: list[list[str]] | None = None
+        #: the users were just recalled (serving): their co-visit sums are read from what the recall kept
+        self.recalled = False
         self._sizes: list[int] = []
 
     def build(self, pipe: redis.client.Pipeline) -> None:
@@ -173,7 +179,7 @@ class RealtimeQuery:
         for read in self.reads:
             read.build(pipe)
             self._sizes.append(read.replies)
-        self._sizes.append(reader.covisit_scores(pipe, self.users, self.pairs, self.recent))
+        self._sizes.append(reader.covisit_scores(pipe, self.users, self.pairs, self.recent, self.recalled))
 
     def decode(self, replies: list) -> RealtimeReads:
         cuts = np.cumsum([0, *self._sizes]).tolist()

@@ -168,7 +168,7 @@ class Recommender:
         plans = self._retrieve_many(asks, recalls)
         ranked = [p for p in plans if not p.cold_start]
         reads = read_realtime_many(self.reader, [([p.user_id], p.names) for p in ranked], categories=True,
-                                   recent=_recent_by_user(asks, recalls))
+                                   recalled=_recent_by_user(asks, recalls))
         cold = [p for p in plans if p.cold_start]
         depth = max((p.k + len(p.blocked) for p in cold), default=0)
         top = {name: self.reader.top(name, depth) for name in ("trending", "popular")} if cold else {}
@@ -182,7 +182,7 @@ class Recommender:
         ranked = [p for p in plans if not p.cold_start]
         cold = [p for p in plans if p.cold_start]
         reads = await read_realtime_many_async(self.reader, [([p.user_id], p.names) for p in ranked],
-                                               categories=True, recent=_recent_by_user(asks, recalls))
+                                               categories=True, recalled=_recent_by_user(asks, recalls))
         depth = max((p.k + len(p.blocked) for p in cold), default=0)
         top = await self.reader.top_many_async(("trending", "popular"), depth) if cold else {}
         return self._finish_many(plans, ranked, reads, top)
@@ -345,8 +345,8 @@ class Ask:
 
 
 def _recent_by_user(asks: Sequence[Ask], recalls: Sequence[UserRecall]) -> dict[str, list[str]]:
-    """Each asking user's recent items as the recall read them (the ranking features' co-visit
-    sums take them on a sharded store instead of reading them again)."""
+    """Each asking user's recent items as the recall read them: the ranking features' co-visit
+    sums are read from what that recall kept (and a sharded store takes the lists)."""
     return {a.user_id: r.recent for a, r in zip(asks, recalls)}
 
 

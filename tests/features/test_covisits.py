@@ -15,7 +15,7 @@ import redis
 from features import keys
 from features.config import FeatureConfig
 from features.reader import FeatureReader, UserRecall
-from features.realtime import read_realtime
+from features.realtime import read_realtime, read_realtime_many
 from features.writer import FeatureWriter
 from rtrec.events import Event
 from rtrec.recipe.model import REALTIME_FEATURES
@@ -127,4 +127,38 @@ def test_recall_equals_a_brute_force_sum_and_sort_over_random_streams(store) -> 
             sums.update(stored(reader, h))
         expected = sorted(((-s, i) for i, s in sums.items() if i not in got.recent and s > 0))[:8]
         assert got.recent and list(zip(got.covisited, got.covisit_sums)) == [(i, -s) for s, i in expected]
-    assert not any(reader.client.exists(f"{p}covisited:scratch") for p in config.layout.prefixes)  # the scratch key never outlives a call
+
+
+def test_the_sums_a_recall_keeps_expire(store) -> None:
+    writer, reader, config = store
+    writer.write_many(clicks([("a", "x"), ("a", "y"), ("d", "x")]), now=T0)
+    reader.recall_many(["d", "new-user"], top=5)
+    ttls = [reader.client.pttl(keys.covisit_sums(p, "d")) for p in config.layout.prefixes]
+    assert max(ttls) > 0 and all(ttl <= config.covisit_sums_ttl_ms for ttl in ttls)
+    assert not any(reader.client.exists(keys.covisit_sums(p, "new-user")) for p in config.layout.prefixes)
+
+
+def test_a_recalled_user_is_ranked_with_the_sums_its_recall_kept(store) -> None:
+    writer, reader, _ = store
+    writer.write_many(clicks([("a", "x"), ("a", "y"), ("d", "x")]), now=T0)
+    recall = reader.recall_many(["d"], top=5)[0]
+    assert list(zip(recall.covisited, recall.covisit_sums)) == [("y", 1)]
+    writer.write_many(clicks([("b", "x"), ("b", "y"), ("b", "z")], start=10), now=T0)  # x's counts move on
+    (kept,) = read_realtime_many(reader, [(["d"], ["y", "z"])], recalled={"d": recall.recent})
+    (fresh,) = read_realtime_many(reader, [(["d"], ["y", "z"])])
+    assert kept.dense[:, COVISITS].tolist() == pytest.approx(np.log1p([1.0, 0.0]).tolist())
+    assert fresh.dense[:, COVISITS].tolist() == pytest.approx(np.log1p([2.0, 1.0]).tolist())
+
+
+def test_kept_sums_equal_the_sums_over_each_recent_item_on_random_streams(store) -> None:
+    writer, reader, _ = store
+    rng = random.Random(11)
+    writer.write_many(clicks([(f"u{rng.randrange(6)}", f"i{rng.randrange(25)}") for _ in range(300)]), now=T0)
+    users, items = [f"u{n}" for n in range(7)], [f"i{n}" for n in range(26)]  # u6 and i25 never seen
+    recalls = reader.recall_many(users, top=8)
+    pairs = [([u], items) for u in users]
+    kept = read_realtime_many(reader, pairs, recalled={u: r.recent for u, r in zip(users, recalls)})
+    summed = read_realtime_many(reader, pairs)
+    assert any(read.dense[:, COVISITS].any() for read in kept)
+    for a, b in zip(kept, summed):  # the users' own items included: the term h == item is 0 in both
+        assert a.dense[:, COVISITS].tolist() == b.dense[:, COVISITS].tolist()
