@@ -11,8 +11,12 @@ import logging
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
-__all__ = ["lower_thread_priority"]
+__all__ = ["lower_thread_priority", "NicedWorker"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -29,3 +33,20 @@ def lower_thread_priority(increment: int) -> int | None:
     except (AttributeError, OSError) as exc:
         log.warning("could not lower the priority of thread %s: %r", threading.current_thread().name, exc)
         return None
+
+
+class NicedWorker:
+    """One thread at a lower CPU priority that runs the heavy steps of a loop whose light,
+    frequent steps keep the priority of requests: the caller waits for each step
+    (:meth:`run`), so the steps keep their order; only the scheduler sees them apart."""
+
+    def __init__(self, increment: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=lower_thread_priority,
+                                        initargs=(increment,))
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the niced thread; its result, or its exception raised here."""
+        return self._pool.submit(fn).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

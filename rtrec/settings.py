@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     # Serving
     serving_sync_nice: int = Field(
         10, ge=0, le=19,
-        description="CPU niceness serving's sync thread adds to itself (Linux): re-embedding every item and "
-                    "rebuilding the index after new dense weights yields the CPU to requests (0 = same priority).")
+        description="CPU niceness of the thread that loads serving's dense weights and re-embeds every item into a "
+                    "new index (Linux): those rebuilds yield the CPU to requests; sparse syncs keep their priority "
+                    "(0 = same priority).")
     http_host: str = Field("127.0.0.1", description="Address the serving HTTP API binds to.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the serving HTTP API.")
     api_key: str = Field("", description="X-API-Key serving requires (not /healthz, /metrics, OpenAPI); empty = none.")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from param_server.client import ParamServerClient
@@ -158,6 +162,47 @@ def test_the_sync_thread_applies_a_push_as_it_lands_not_on_its_timer(trained: Tr
         finally:
             serving.sync.stop()
         assert serving.sync.syncs <= 4  # the first, maybe one racing the push, the push's: no busy loop
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own niceness on Linux")
+def test_index_rebuilds_run_niced_while_sparse_syncs_keep_the_priority_of_requests(trained: Trained) -> None:
+    with ServerThread(trained.store) as shard, ParamServerClient(shard.host, shard.port) as poller:
+        serving = build_serving(poller, None, CollectorRegistry(), min_sync_interval_s=0.05)
+        seen = rebuild_and_sync_niceness(serving.sync, trained)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == {"sync": base, "rebuild": min(19, base + 3)}
+
+
+def rebuild_and_sync_niceness(sync: Any, trained: Trained) -> dict[str, int]:
+    """The niceness of the thread of the first index rebuild and of the first applied delta
+    after ``sync.start(nice=3)``."""
+    sync.catalog.learn(sorted({e.item_id for e in trained.events}), None)
+    seen: dict[str, int] = {}
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    rebuild, apply = sync._reindex_all, sync.mirror.apply
+
+    def noted_rebuild() -> None:
+        seen.setdefault("rebuild", niceness())
+        rebuild()
+
+    def noted_apply(delta: Any) -> Any:
+        seen.setdefault("sync", niceness())
+        return apply(delta)
+
+    sync._reindex_all = noted_rebuild  # type: ignore[method-assign]
+    sync.mirror.apply = noted_apply  # type: ignore[method-assign]
+    sync.start(nice=3)
+    try:
+        deadline = time.monotonic() + 10
+        while "rebuild" not in seen or len(sync.index) == 0:  # the first sync pulls dense weights: a rebuild
+            assert time.monotonic() < deadline, "no index rebuild within 10 s"
+            time.sleep(0.02)
+    finally:
+        sync.stop()
+    return seen
 
 
 def test_dense_weights_are_pulled_every_dense_interval_of_the_sync_clock(trained: Trained) -> None:
