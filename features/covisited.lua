@@ -13,8 +13,9 @@
 -- The sums and the order are Redis's own: ZUNIONSTORE (weights -1, so that ascending order is best
 -- first, ties by name) into the user's `covsum:` key, which is kept `ttl_ms` so that the ranking
 -- read of the same request takes its pair sums from it (covisits.lua) instead of summing the same
--- sets again; the member '' (no item ID is empty) marks the key even where no item was co-visited. Summing and sorting the up to 5 x 200 entries in Lua cost 4x more, and a script
--- blocks every other client while it runs.
+-- sets again; the member '' (no item ID is empty) marks the key even where no item was co-visited.
+-- Summing and sorting the up to 5 x 200 entries in Lua cost 4x more, and a script blocks every
+-- other client while it runs.
 local p, query, top, ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local unpack = unpack or table.unpack
 local given = ARGV[6] and cjson.decode(ARGV[6])
