@@ -171,9 +171,10 @@ class SyncLoop:
         re-embeds (Linux), while the sync thread waits for it. Re-embedding and re-filing 100,000
         items takes about a second of one core, which, at the priority of requests, took a core
         from them and doubled serving's p99 (``benchmarks.serving``). The frequent sparse syncs
-        keep the priority of requests: niced, they took 21.7 ms instead of 12.2 on average
-        (``benchmarks.live_quality``), and a niced thread preempted while it holds the GIL stalls
-        the requests waiting for it.
+        keep the priority of requests, so serving's freshness does not wait on the scheduler's
+        treatment of a niced thread (with the whole thread niced they took 19-22 ms on average
+        against 12-13 ms at niceness 0 in ``benchmarks.live_quality``; this split measured no
+        gain beyond the noise in either benchmark, README "Freshness and adaptation").
         """
         if nice > 0:
             self._heavy = NicedWorker(nice, "serving-rebuild")
