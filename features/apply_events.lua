@@ -3,7 +3,7 @@
 --       script builds from the prefix shares its hash tag, hence its slot (features/shards.py).
 -- ARGV: prefix, dedupe_window (seconds an event_id mark lives; 0: none), key_ttl, recent_n,
 --       session_gap, trend_tau, pop_tau, ranking_size, catalog_size, covisit_window, covisit_keep,
---       uc_window (the window, 1-based, of the (user, category) counters; 0: none), nwin, then
+--       acted_keep (items kept per user in {p}acted:{user}; 0: none), uc_window (the window, 1-based, of the (user, category) counters; 0: none), nwin, then
 --       (name, bucket_s, slots) per window, then one JSON array of events, each
 --       [event_id, ts, user, item, action, positive (1/0), category ("" if none)] or, for an event
 --       read from Kafka, the same plus [range (1-based index into the ranges), offset];
@@ -35,10 +35,11 @@ local recent_n, session_gap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local taus = {{p .. 'trending', tonumber(ARGV[6])}, {p .. 'popular', tonumber(ARGV[7])}}
 local ranking_size, catalog_size = tonumber(ARGV[8]), tonumber(ARGV[9])
 local covisit_window, covisit_keep = tonumber(ARGV[10]), tonumber(ARGV[11])
-local uc_window = tonumber(ARGV[12])
-local nwin = tonumber(ARGV[13])
+local acted_keep = tonumber(ARGV[12])
+local uc_window = tonumber(ARGV[13])
+local nwin = tonumber(ARGV[14])
 local wins = {}
-local i = 14
+local i = 15
 for w = 1, nwin do
   wins[w] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
   i = i + 3
@@ -101,6 +102,7 @@ end
 
 -- Keys touched by this call get their TTL once, at the end, not once per event.
 local touched = {}
+local acted, acted_order = {}, {}  -- per user key: ts, item, ts, item... of its positive actions
 local actions = {}  -- every action counted by this call, added to the set of actions
 
 -- The item catalogue: item -> category in a hash, and a log (sorted set) of the items whose entry
@@ -293,6 +295,13 @@ for _, ev in ipairs(events) do
     redis.call('LPUSH', rkey, item)
     redis.call('LTRIM', rkey, 0, recent_n - 1)
     touched[rkey] = true
+    if acted_keep > 0 then
+      local akey = p .. 'acted:' .. user
+      if not acted[akey] then acted[akey] = {}; table.insert(acted_order, akey) end
+      local a = acted[akey]
+      a[#a + 1] = ts
+      a[#a + 1] = item
+    end
     for _, z in ipairs(zsets) do log_add(z, item, ts / z.tau) end
   end
 end
@@ -325,6 +334,14 @@ end
 for action in pairs(actions) do
   redis.call('SADD', p .. 'actions', action)
   touched[p .. 'actions'] = true
+end
+-- every item a user acted on, by when it last was (serving never recommends them again): one ZADD
+-- per user, trimmed to the `acted_keep` latest once it holds twice that many
+for _, key in ipairs(acted_order) do
+  each_slice(acted[key], 2, function(lo, hi) redis.call('ZADD', key, unpack(acted[key], lo, hi)) end)
+  local n = redis.call('ZCARD', key)
+  if n > 2 * acted_keep then redis.call('ZREMRANGEBYRANK', key, 0, n - acted_keep - 1) end
+  touched[key] = true
 end
 for key in pairs(covisited) do
   local n = redis.call('ZCARD', key)

@@ -25,6 +25,7 @@ class FeatureConfig:
     ranking_size: int = 10_000  # items kept in the trending / popular rankings
     covisit_window: int = 10  # a positive action co-visits the user's last N positive items
     covisit_keep: int = 100  # co-visited items kept per item, the most co-visited first (up to 2x between trims)
+    acted_items: int = 1000  # items kept per user that serving never recommends again, latest first (up to 2x between trims; 0: none)
     user_category_window: str = "24h"  # the window of the (user, category) counters (none if not a window)
     user_category_actions: tuple[str, ...] = ("impression", "click")  # the actions they count: what features read
     covisit_query: int = 5  # the ranking feature sums co-visits with the user's last N items

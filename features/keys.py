@@ -17,6 +17,7 @@ session gap.
 | ``{p}actions`` | set | every action counted (the rings a reader of all counts asks for) |
 | ``{p}c:u:{user}`` | hash | ``last_ts``: the user's last positive action (sessions) |
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |
+| ``{p}acted:{user}`` | sorted set | item → time of the user's last positive action on it: the ``acted_items`` latest (up to twice that between trims), which serving never recommends again |
 | ``{p}sess:{user}`` | list | items acted on in the current session, oldest first |
 | ``{p}cov:{item}`` | sorted set | item → times co-visited with it (by one user within ``covisit_window`` positive actions); the ``covisit_keep`` most co-visited kept |
 | ``{p}covsum:{user}`` | sorted set | item → minus the sum of its co-visits with the user's last ``covisit_query`` items, kept by serving's recall (``covisited.lua``) for ``covisit_sums_ttl_ms`` so that the ranking feature of the same request reads it (``covisits.lua``) instead of summing again |
@@ -52,6 +53,10 @@ def user_state(prefix: str, user_id: str) -> str:
 
 def recent(prefix: str, user_id: str) -> str:
     return f"{prefix}recent:{user_id}"
+
+
+def acted(prefix: str, user_id: str) -> str:
+    return f"{prefix}acted:{user_id}"
 
 
 def session(prefix: str, user_id: str) -> str:

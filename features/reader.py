@@ -246,6 +246,21 @@ class FeatureReader:
                          kept, users, rows, lists)
         return len(self.layout.prefixes)
 
+    def acted_on(self, pipe: Any, user_ids: Sequence[str], pairs: Sequence[tuple[int, str]]) -> int:
+        """Queue on ``pipe`` whether each ``(index into user_ids, item)`` pair's user has acted on
+        the item (``{p}acted:{user}``, the last ``acted_items`` of them, on the user's shard): one
+        ZMSCORE per user. Returns how many replies :func:`acted_flags` reads (0 with
+        ``acted_items`` 0: nothing is kept, nothing is asked)."""
+        if not self.config.acted_items or not pairs:
+            return 0
+        by_user: dict[int, list[str]] = {}
+        for u, item in pairs:
+            by_user.setdefault(u, []).append(item)
+        for u, items in by_user.items():
+            user = user_ids[u]
+            pipe.zmscore(keys.acted(self.layout.prefix_of(user), user), items)
+        return len(by_user)
+
     def catalog_since(self, cursor: int, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], int]:
         """Catalogue entries ``(item, category or None)`` added or changed after ``cursor``, and the new cursor.
 
@@ -505,6 +520,20 @@ def covisit_sums(replies: Sequence[Sequence[int]]) -> np.ndarray:
     """One co-visit score per pair from the replies :meth:`FeatureReader.covisit_scores` queued."""
     return np.sum([np.asarray(r, dtype=np.float64) for r in replies], axis=0) if len(replies) > 1 \
         else np.asarray(replies[0], dtype=np.float64)
+
+
+def acted_flags(replies: Sequence[Sequence[float | None]], pairs: Sequence[tuple[int, str]]) -> np.ndarray:
+    """Per pair, whether its user acted on its item, from the replies :meth:`FeatureReader.acted_on`
+    queued (users in the order of their first pair); no replies: all False."""
+    flags = np.zeros(len(pairs), dtype=bool)
+    if not replies:
+        return flags
+    rows: dict[int, list[int]] = {}
+    for n, (u, _) in enumerate(pairs):
+        rows.setdefault(u, []).append(n)
+    for reply, at in zip(replies, rows.values()):
+        flags[at] = [score is not None for score in reply]
+    return flags
 
 
 def _recent_lists(replies: Sequence[Sequence[bytes]], users: Sequence[str], row: np.ndarray) -> list[list[str]]:

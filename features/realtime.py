@@ -22,7 +22,7 @@ import numpy as np
 import redis
 
 from features.ids import distinct
-from features.reader import FeatureReader, RingRead, covisit_sums
+from features.reader import FeatureReader, RingRead, acted_flags, covisit_sums
 from rtrec.recipe.model import REALTIME_FEATURES
 
 __all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "read_realtime_many",
@@ -42,11 +42,14 @@ class RealtimeReads:
         dense: ``float32 (n, 11)`` in :data:`rtrec.recipe.model.REALTIME_FEATURES` order.
         item_counts: ``int64 (n, 4)``, columns :data:`ITEM_COUNTS` (serving's "new item" rule reads them).
         categories: each item's category from the catalogue (None where unknown), when asked for.
+        acted: ``bool (n,)``, whether the pair's user acted on the item (``FeatureConfig.acted_items``
+            latest), when asked for: serving never recommends those again.
     """
 
     dense: np.ndarray
     item_counts: np.ndarray
     categories: list[str | None] | None = None
+    acted: np.ndarray | None = None
 
     @staticmethod
     def empty(categories: bool = False) -> "RealtimeReads":
@@ -56,8 +59,9 @@ class RealtimeReads:
 
     def split(self, bounds: Sequence[int]) -> list["RealtimeReads"]:
         """The rows ``bounds[k]:bounds[k + 1]`` of each part, as reads of their own."""
-        cats = self.categories
-        return [RealtimeReads(self.dense[lo:hi], self.item_counts[lo:hi], None if cats is None else cats[lo:hi])
+        cats, acted = self.categories, self.acted
+        return [RealtimeReads(self.dense[lo:hi], self.item_counts[lo:hi], None if cats is None else cats[lo:hi],
+                              None if acted is None else acted[lo:hi])
                 for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
@@ -92,16 +96,17 @@ async def read_realtime_async(reader: FeatureReader, user_ids: Sequence[str], it
 
 
 def read_realtime_many(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
-                       categories: bool = False, recalled: Mapping[str, Sequence[str]] | None = None
-                       ) -> list[RealtimeReads]:
+                       categories: bool = False, recalled: Mapping[str, Sequence[str]] | None = None,
+                       acted: bool = False) -> list[RealtimeReads]:
     """:func:`read_realtime` of several ``(user_ids, item_ids)`` reads in ONE round trip and one
     decode: the reads are merged into one query (every pair keeps its own user), so a batch of
     requests costs four scripts and one numpy pass, not four scripts and a decode per request.
     ``recalled``: the users' recent items (newest first) as :meth:`FeatureReader.recall_many` read
     them in serving's first round trip; with every user's, the co-visit sums come from what that
     recall kept (:meth:`FeatureReader.covisit_scores`). A sharded store needs the lists, else
-    reads them first: one more round trip."""
-    query, bounds = RealtimeQuery.merged(reader, pairs, categories)
+    reads them first: one more round trip. ``acted``: also whether each pair's user acted on its
+    item (:attr:`RealtimeReads.acted`), for serving's rule that never recommends those again."""
+    query, bounds = RealtimeQuery.merged(reader, pairs, categories, acted)
     if query is None:
         return [RealtimeReads.empty(categories) for _ in pairs]
     query.recent = _recent_of(query.users, recalled)
@@ -112,10 +117,10 @@ def read_realtime_many(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str
 
 
 async def read_realtime_many_async(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
-                                   categories: bool = False, recalled: Mapping[str, Sequence[str]] | None = None
-                                   ) -> list[RealtimeReads]:
+                                   categories: bool = False, recalled: Mapping[str, Sequence[str]] | None = None,
+                                   acted: bool = False) -> list[RealtimeReads]:
     """:func:`read_realtime_many` without blocking the event loop while Redis answers (serving)."""
-    query, bounds = RealtimeQuery.merged(reader, pairs, categories)
+    query, bounds = RealtimeQuery.merged(reader, pairs, categories, acted)
     if query is None:
         return [RealtimeReads.empty(categories) for _ in pairs]
     query.recent = _recent_of(query.users, recalled)
@@ -137,7 +142,7 @@ class RealtimeQuery:
 
     @staticmethod
     def merged(reader: FeatureReader, pairs: Sequence[tuple[Sequence[str], Sequence[str]]],
-               categories: bool = False) -> tuple["RealtimeQuery | None", list[int]]:
+               categories: bool = False, acted: bool = False) -> tuple["RealtimeQuery | None", list[int]]:
         """One query for several ``(user_ids, item_ids)`` reads, and the bounds of each read's rows
         in its result (:meth:`RealtimeReads.split`); None when no read has an item."""
         users: list[str] = []
@@ -150,14 +155,14 @@ class RealtimeQuery:
             bounds.append(bounds[-1] + n)
         if not users:
             return None, bounds
-        return RealtimeQuery(reader, users, [i for _, item_ids in pairs for i in item_ids], categories), bounds
+        return RealtimeQuery(reader, users, [i for _, item_ids in pairs for i in item_ids], categories, acted), bounds
 
     def __init__(self, reader: FeatureReader, user_ids: Sequence[str], item_ids: Sequence[str],
-                 categories: bool = False) -> None:
+                 categories: bool = False, acted: bool = False) -> None:
         self.n = len(item_ids)
         if len(user_ids) not in (1, self.n):
             raise ValueError(f"user_ids must have 1 or {self.n} entries, got {len(user_ids)}")
-        self.reader, self.categories = reader, categories
+        self.reader, self.categories, self.acted = reader, categories, acted
         self.users, self.user_row = distinct([str(u) for u in user_ids])
         self.pair_items = [str(i) for i in item_ids]  # the item of each (user, item) pair, in order
         self.items, self.item_row = distinct(self.pair_items)
@@ -180,10 +185,11 @@ class RealtimeQuery:
             read.build(pipe)
             self._sizes.append(read.replies)
         self._sizes.append(reader.covisit_scores(pipe, self.users, self.pairs, self.recent, self.recalled))
+        self._sizes.append(reader.acted_on(pipe, self.users, self.pairs) if self.acted else 0)
 
     def decode(self, replies: list) -> RealtimeReads:
         cuts = np.cumsum([0, *self._sizes]).tolist()
-        wm_replies, item_reply, user_reply, stream_reply, uc_reply, cov_replies = (
+        wm_replies, item_reply, user_reply, stream_reply, uc_reply, cov_replies, acted_replies = (
             replies[lo:hi] for lo, hi in zip(cuts[:-1], cuts[1:]))
         wm = self.reader.watermark_of(wm_replies)
         item_read, user_read, stream_read, uc_read = self.reads
@@ -218,7 +224,8 @@ class RealtimeQuery:
             "user_category_log_ctr_lift_24h": ctr_lift(uc_counts[:, 1], uc_counts[:, 0], p0_24h),
         }
         dense = np.stack([columns[name] for name in REALTIME_FEATURES], axis=1).astype(np.float32)
+        acted = acted_flags(acted_replies, self.pairs) if self.acted else None
         if not self.categories:
-            return RealtimeReads(dense, raw_item_counts)
+            return RealtimeReads(dense, raw_item_counts, acted=acted)
         named = [c.decode() or None if c is not None else None for c in cats]
-        return RealtimeReads(dense, raw_item_counts, [named[r] for r in item_row])
+        return RealtimeReads(dense, raw_item_counts, [named[r] for r in item_row], acted)

@@ -107,7 +107,7 @@ class FeatureWriter:
         self._noted: dict[str, tuple[str, float]] = {}  # item -> (category, when) noted in every shard
         self._head = [c.dedupe_window_s, c.key_ttl_s, c.recent_items, c.session_gap_s,
                       c.trending_tau_s, c.popular_tau_s, c.ranking_size, c.catalog_size, c.covisit_window,
-                      c.covisit_keep, _window_number(c), len(c.windows)]
+                      c.covisit_keep, c.acted_items, _window_number(c), len(c.windows)]
         for w in c.windows:
             self._head += [w.name, w.bucket_s, w.slots]
         self._uc_actions = orjson.dumps(list(c.user_category_actions))

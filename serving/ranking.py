@@ -6,7 +6,8 @@
       -> the best ``ranked`` not blocked -> the user's and items' real-time features and the
          items' categories (Redis, ONE round trip: :func:`features.realtime.read_realtime`,
          the same definition the trainer reads) -> ranking head and towers (RecModel.ranking_logit)
-      -> rules: drop excluded and already-acted-on items, cap items per category,
+      -> rules: drop excluded items and those the user acted on (its recent items, left out of
+         retrieval, and the ``acted_items`` latest, read with the features), cap items per category,
          reserve a few slots for new items (exploration) -> top k
 
 A user with neither a row in the mirror nor recent items gets the cold-start list: trending items,
@@ -168,7 +169,7 @@ class Recommender:
         plans = self._retrieve_many(asks, recalls)
         ranked = [p for p in plans if not p.cold_start]
         reads = read_realtime_many(self.reader, [([p.user_id], p.names) for p in ranked], categories=True,
-                                   recalled=_recent_by_user(asks, recalls))
+                                   recalled=_recent_by_user(asks, recalls), acted=True)
         cold = [p for p in plans if p.cold_start]
         depth = max((p.k + len(p.blocked) for p in cold), default=0)
         top = {name: self.reader.top(name, depth) for name in ("trending", "popular")} if cold else {}
@@ -182,7 +183,7 @@ class Recommender:
         ranked = [p for p in plans if not p.cold_start]
         cold = [p for p in plans if p.cold_start]
         reads = await read_realtime_many_async(self.reader, [([p.user_id], p.names) for p in ranked],
-                                               categories=True, recalled=_recent_by_user(asks, recalls))
+                                               categories=True, recalled=_recent_by_user(asks, recalls), acted=True)
         depth = max((p.k + len(p.blocked) for p in cold), default=0)
         top = await self.reader.top_many_async(("trending", "popular"), depth) if cold else {}
         return self._finish_many(plans, ranked, reads, top)
@@ -301,11 +302,13 @@ class Recommender:
         is_new = reads.item_counts[:, ITEM_COUNTS.index("impression_24h")] == 0
         cap = max(1, math.ceil(self.config.max_category_share * plan.k))
         explore = int(self.config.explore_share * plan.k)
-        picked = apply_rules(plan.names, scores, categories, is_new, plan.blocked, plan.k, cap, explore)
+        blocked = plan.blocked | _acted_names(plan.names, reads)
+        picked = apply_rules(plan.names, scores, categories, is_new, blocked, plan.k, cap, explore)
         why = None
         if plan.ask.explain:
             order = np.argsort(-np.asarray(scores), kind="stable")  # as apply_rules orders them
-            why = explanation(False, plan.retrieved, [plan.names[i] for i in order], plan.blocked)
+            why = explanation(False, plan.retrieved, [plan.names[i] for i in order if plan.names[i] not in blocked],
+                              blocked)
         return Recommendation([(plan.names[i], float(scores[i])) for i in picked], cold_start=False,
                               user_vector=plan.user_vector, categories=[categories[i] for i in picked],
                               explain=why)
@@ -342,6 +345,14 @@ class Ask:
     context: Mapping[str, Any] | None = None
     exclude: Sequence[str] = ()
     explain: bool = False  # also say what retrieval, ranking and the rules did (Recommendation.explain)
+
+
+def _acted_names(names: Sequence[str], reads: RealtimeReads) -> set[str]:
+    """The candidates their user acted on before (beyond the recent items retrieval already left
+    out): a user is not shown again what it already watched or bought."""
+    if reads.acted is None or not reads.acted.any():
+        return set()
+    return {names[i] for i in np.flatnonzero(reads.acted).tolist()}
 
 
 def _recent_by_user(asks: Sequence[Ask], recalls: Sequence[UserRecall]) -> dict[str, list[str]]:

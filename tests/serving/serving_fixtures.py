@@ -65,13 +65,13 @@ def item_rows(store: ParamStore, name: str = "item_id") -> tuple[np.ndarray, np.
     return delta.ids, delta.rows
 
 
-def write_features(client: object, events: list[Event], prefix: str) -> "FeatureConfig":
-    """The events' real-time features, in time order, under a fresh key ``prefix`` of the test Redis;
-    returns the feature config that reads them."""
+def write_features(client: object, events: list[Event], prefix: str, **settings: object) -> "FeatureConfig":
+    """The events' real-time features, in time order, under a fresh key ``prefix`` of the test Redis
+    (``settings``: other FeatureConfig fields); returns the feature config that reads them."""
     from features.config import FeatureConfig
     from features.writer import FeatureWriter
 
-    config = FeatureConfig(prefix=prefix)
+    config = FeatureConfig(prefix=prefix, **settings)  # type: ignore[arg-type]
     writer = FeatureWriter(client, config)  # type: ignore[arg-type]
     ordered = sorted(events, key=lambda e: e.ts)
     for lo in range(0, len(ordered), 500):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Iterator
 
 import pytest
@@ -89,4 +90,25 @@ def test_the_covisited_items_are_ranked_beside_what_the_user_vector_retrieved(re
     # by the head's order: the user vector's best item, then the co-visited ones not already it
     (best,) = ranked[0]
     assert sorted(ranked[5]) == sorted({best, *covisited})
+    client.close()
+
+
+def test_items_acted_on_before_the_recent_list_are_never_recommended_again(redis_url: str) -> None:
+    trained = make_trained()
+    client = redis.Redis.from_url(redis_url)
+    config = write_features(client, trained.events, f"t{uuid.uuid4().hex[:8]}:", recent_items=2)
+    serving = build_serving(trained.store, FeatureReader(client, config), CollectorRegistry(), dense_interval_s=0)
+    serving.sync.sync_once()
+    clicks = [e.user_id for e in trained.events if e.action == "click"]
+    user = max(set(clicks), key=clicks.count)
+    acted = {e.item_id for e in trained.events if e.user_id == user and e.action == "click"}
+    ask = [Ask(user, 30, None, (), explain=True)]
+    recommender = serving.recommender
+    recommender.reader = FeatureReader(client, replace(config, acted_items=0))  # the recent list only
+    shown_again = {name for name, _ in recommender.recommend_many(ask)[0].items} & acted
+    assert shown_again, "the user's older items must be among its best candidates, else this proves nothing"
+    recommender.reader = FeatureReader(client, config)
+    rec = recommender.recommend_many(ask)[0]
+    assert not {name for name, _ in rec.items} & acted
+    assert rec.explain is not None and shown_again <= set(rec.explain["blocked"])
     client.close()
