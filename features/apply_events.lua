@@ -3,7 +3,8 @@
 --       script builds from the prefix shares its hash tag, hence its slot (features/shards.py).
 -- ARGV: prefix, dedupe_window (seconds an event_id mark lives; 0: none), key_ttl, recent_n,
 --       session_gap, trend_tau, pop_tau, ranking_size, catalog_size, covisit_window, covisit_keep,
---       acted_keep (items kept per user in {p}acted:{user}; 0: none), uc_window (the window, 1-based, of the (user, category) counters; 0: none), nwin, then
+--       acted_keep (items kept per user in {p}acted:{user}; 0: none), uc_window (the window,
+--       1-based, of the (user, category) counters; 0: none), nwin, then
 --       (name, bucket_s, slots) per window, then one JSON array of events, each
 --       [event_id, ts, user, item, action, positive (1/0), category ("" if none)] or, for an event
 --       read from Kafka, the same plus [range (1-based index into the ranges), offset];

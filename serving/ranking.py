@@ -307,8 +307,8 @@ class Recommender:
         why = None
         if plan.ask.explain:
             order = np.argsort(-np.asarray(scores), kind="stable")  # as apply_rules orders them
-            why = explanation(False, plan.retrieved, [plan.names[i] for i in order if plan.names[i] not in blocked],
-                              blocked)
+            why = explanation(False, [n for n in plan.retrieved if n not in blocked],
+                              [plan.names[i] for i in order if plan.names[i] not in blocked], blocked)
         return Recommendation([(plan.names[i], float(scores[i])) for i in picked], cold_start=False,
                               user_vector=plan.user_vector, categories=[categories[i] for i in picked],
                               explain=why)

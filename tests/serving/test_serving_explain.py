@@ -111,4 +111,5 @@ def test_items_acted_on_before_the_recent_list_are_never_recommended_again(redis
     rec = recommender.recommend_many(ask)[0]
     assert not {name for name, _ in rec.items} & acted
     assert rec.explain is not None and shown_again <= set(rec.explain["blocked"])
+    assert not shown_again & (set(rec.explain["retrieved"]) | set(rec.explain["ranked"]))
     client.close()
