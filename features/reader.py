@@ -253,12 +253,10 @@ class FeatureReader:
         ``acted_items`` 0: nothing is kept, nothing is asked)."""
         if not self.config.acted_items or not pairs:
             return 0
-        by_user: dict[int, list[str]] = {}
-        for u, item in pairs:
-            by_user.setdefault(u, []).append(item)
-        for u, items in by_user.items():
+        by_user = _pairs_by_user(pairs)
+        for u, rows in by_user.items():
             user = user_ids[u]
-            pipe.zmscore(keys.acted(self.layout.prefix_of(user), user), items)
+            pipe.zmscore(keys.acted(self.layout.prefix_of(user), user), [pairs[n][1] for n in rows])
         return len(by_user)
 
     def catalog_since(self, cursor: int, limit: int = 50_000) -> tuple[list[tuple[str, str | None]], int]:
@@ -526,14 +524,17 @@ def acted_flags(replies: Sequence[Sequence[float | None]], pairs: Sequence[tuple
     """Per pair, whether its user acted on its item, from the replies :meth:`FeatureReader.acted_on`
     queued (users in the order of their first pair); no replies: all False."""
     flags = np.zeros(len(pairs), dtype=bool)
-    if not replies:
-        return flags
+    for reply, rows in zip(replies, _pairs_by_user(pairs).values() if replies else ()):
+        flags[rows] = [score is not None for score in reply]
+    return flags
+
+
+def _pairs_by_user(pairs: Sequence[tuple[int, str]]) -> dict[int, list[int]]:
+    """The indices of each user's pairs, users in the order of their first pair."""
     rows: dict[int, list[int]] = {}
     for n, (u, _) in enumerate(pairs):
         rows.setdefault(u, []).append(n)
-    for reply, at in zip(replies, rows.values()):
-        flags[at] = [score is not None for score in reply]
-    return flags
+    return rows
 
 
 def _recent_lists(replies: Sequence[Sequence[bytes]], users: Sequence[str], row: np.ndarray) -> list[list[str]]:
