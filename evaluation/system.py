@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import redis
 from prometheus_client import CollectorRegistry
 
+from features.config import FeatureConfig
 from features.reader import FeatureReader
 from param_server.config import DEFAULT_TABLES, EmbeddingConfig
 from param_server.store import ParamStore
@@ -107,7 +108,8 @@ class ServedModel:
         weights every ``dense_interval_s`` of it (None: ``RTREC_DENSE_SYNC_INTERVAL_S``, as live)."""
         if dense_interval_s is None:
             dense_interval_s = settings.dense_sync_interval_s
-        serving = build_serving(system.store, FeatureReader(system.client), CollectorRegistry(), system.tables,
+        reader = FeatureReader(system.client, FeatureConfig.from_settings(settings))  # as the worker's writer
+        serving = build_serving(system.store, reader, CollectorRegistry(), system.tables,
                                 sync_interval_s=settings.sync_interval_s, dense_interval_s=dense_interval_s,
                                 min_sync_interval_s=settings.sync_min_interval_s,
                                 ranking=RankingConfig.from_settings(settings),

@@ -49,11 +49,13 @@ class FeatureConfig:
     def from_settings(cls, settings: Any, redis_url: str | None = None) -> "FeatureConfig":
         """The configuration every process of a deployment derives alike from its settings: the
         shard count (``RTREC_FEATURE_SHARDS``), hash tags where the Redis URL (``redis_url``, else
-        the settings') names a cluster, the event-time bound and the dedupe window."""
+        the settings') names a cluster, the event-time bound, the dedupe window and how many acted-on
+        items a user keeps (``RTREC_ACTED_ITEMS``)."""
         from features.client import is_cluster_url
 
         return cls(shards=settings.feature_shards, hash_tags=is_cluster_url(redis_url or settings.redis_url),
-                   max_event_ahead_s=settings.max_event_ahead_s, dedupe_window_s=settings.dedupe_window_s)
+                   max_event_ahead_s=settings.max_event_ahead_s, dedupe_window_s=settings.dedupe_window_s,
+                   acted_items=settings.acted_items)
 
     @property
     def key_ttl_s(self) -> int:

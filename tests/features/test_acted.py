@@ -53,3 +53,11 @@ def test_nothing_is_kept_with_acted_items_zero(feature_redis) -> None:
     writer.write_many(events_of([("u", "i0")]), now=T0)
     assert acted(reader, "u", ["i0"]) == [False]
     assert not any(feature_redis.client.exists(keys.acted(p, "u")) for p in config.layout.prefixes)
+
+
+def test_every_process_takes_the_kept_count_from_the_settings() -> None:
+    from features.config import FeatureConfig
+    from rtrec.settings import load_settings
+
+    assert FeatureConfig.from_settings(load_settings()).acted_items == 1000
+    assert FeatureConfig.from_settings(load_settings(acted_items=0)).acted_items == 0
