@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import threading
 import time
@@ -31,19 +30,12 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from benchmarks.common import report
+from benchmarks.common import cpu_seconds, report
 from producers.client import EventProducer
 from rtrec.events import Event
 from rtrec.settings import Settings, load_settings
 from rtrec.stack.launcher import LocalStack, StackOptions
 from stream_workers.transport import FETCH_MAX_WAIT_MS
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def produce(bootstrap: str, topic: str, rate: float, linger_ms: int, stop: threading.Event) -> int:

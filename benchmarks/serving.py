@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from benchmarks.common import report
+from benchmarks.common import cpu_seconds, report
 from features.ids import feature_ids
 from features.client import redis_client
 from features.config import FeatureConfig
@@ -268,27 +268,6 @@ def _load(url: str, rate: float, duration: float, kind: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) used so far by ``pid`` and every process below it (Linux /proc):
-    serving's cost per request, which the wall-clock latency of a shared machine hides."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-            used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        frontier = [c for c, parent in parents.items() if parent in frontier and c not in tree]
-        tree.update(frontier)
-    return sum(used.get(p, 0.0) for p in tree)
-
-
 def _knee(url: str, kind: str, duration_s: float) -> float | None:
     """The highest of :data:`KNEE_STEPS` offered with p99 <= :data:`KNEE_P99_MS` and no error, stepping
     up until one fails (None if the first does, or with ``duration_s`` 0)."""
@@ -359,12 +338,12 @@ def main() -> None:
         # The baseline first: a /recommend run that falls behind leaves a backlog in the server.
         bare = _load(f"{base}/healthz", args.rate, args.duration, "get")
         print(f"/healthz:   {bare}", file=sys.stderr)
-        cpu_before = _cpu_seconds(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         before = scrape(served["metrics"])
         with DensePusher(ready["param_server"], args.dense_push_s) as pusher:
             rec = _load(f"{base}/recommend", args.rate, args.duration, "post")
         during = scrape(served["metrics"])
-        cpu_ms = 1000 * (_cpu_seconds(server.pid) - cpu_before) / max(1, rec["requests"] - rec["errors"])
+        cpu_ms = 1000 * (cpu_seconds(server.pid) - cpu_before) / max(1, rec["requests"] - rec["errors"])
         print(f"/recommend: {rec}; serving CPU {cpu_ms:.2f} ms per request; {pusher.pushes} dense pushes",
               file=sys.stderr)
         bare_knee = _knee(f"{base}/healthz", "get", args.knee_duration)

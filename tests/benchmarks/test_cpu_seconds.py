@@ -1,9 +1,9 @@
-"""The broker-growth benchmark's CPU reading (no broker needed)."""
+"""The benchmarks' CPU reading of a process tree (benchmarks.common; no server needed)."""
 
 import os
 import time
 
-from benchmarks.broker_growth import cpu_seconds
+from benchmarks.common import cpu_seconds
 
 
 def test_cpu_seconds_counts_the_work_a_process_did():
