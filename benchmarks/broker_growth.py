@@ -69,6 +69,22 @@ async def consume(bootstrap: str, topic: str, fetch_wait_ms: int, stop: asyncio.
     return read
 
 
+def sample_cpu(pids: dict[str, int], seconds: float, window: float) -> dict[str, list[float]]:
+    """Per named process, its CPU in % of a core over each ``window`` seconds of ``seconds``."""
+    shares: dict[str, list[float]] = {name: [] for name in pids}
+    started = last_t = time.monotonic()
+    last_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    while time.monotonic() - started < seconds - 1e-6:
+        time.sleep(window)
+        now, cpu = time.monotonic(), {name: cpu_seconds(pid) for name, pid in pids.items()}
+        for name in pids:
+            shares[name].append(round(100 * (cpu[name] - last_cpu[name]) / (now - last_t), 1))
+        print(f"  t={now - started:.0f} s: " + ", ".join(f"{name} {shares[name][-1]} % of a core" for name in pids),
+              flush=True)
+        last_t, last_cpu = now, cpu
+    return shares
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=250.0, help="events/s offered (default 250)")
@@ -105,21 +121,12 @@ def run(args: argparse.Namespace, settings: Settings, data_dir: Path | None) -> 
                 consume(stack.info.kafka, settings.actions_topic, args.fetch_wait_ms, loop_stop)))))
         for thread in threads:
             thread.start()
-        shares: dict[str, list[float]] = {name: [] for name in pids}
-        started = last_t = time.monotonic()
-        last_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        while time.monotonic() - started < args.seconds - 1e-6:
-            time.sleep(args.window)
-            now, cpu = time.monotonic(), {name: cpu_seconds(pid) for name, pid in pids.items()}
-            for name in pids:
-                shares[name].append(round(100 * (cpu[name] - last_cpu[name]) / (now - last_t), 1))
-            print(f"  t={now - started:.0f} s: " + ", ".join(f"{name} {shares[name][-1]} % of a core" for name in pids),
-                  flush=True)
-            last_t, last_cpu = now, cpu
+        shares = sample_cpu(pids, args.seconds, args.window)
         stop.set()
         loop.call_soon_threadsafe(loop_stop.set)
         for thread in threads:
             thread.join()
+        loop.close()
     if "sent" not in counts or ("read" not in counts and not args.no_consumer):
         raise SystemExit("the producer or the consumer failed (see above): no figures")
     first, final = shares["broker"][0], shares["broker"][-1]
