@@ -40,7 +40,9 @@ HR@10 and ``live_to_offline`` the live HR@10 divided by it.
 Every counted miss is put where the item was lost, following a request through serving
 (``serving/ranking.py``) and using serving's ``explain`` answer: ``served_cold_start`` (the user
 has no row in serving yet, the list is trending/popular), ``lost_not_indexed`` (``GET
-/embeddings/item/{id}`` is 404: no row for the item in serving), ``lost_not_retrieved`` (not among
+/embeddings/item/{id}`` is 404: no row for the item in serving; an item is not asked again once
+serving said yes, since a row stays for 30 days of event time, and ``index_asks`` counts these
+requests, load the benchmark itself puts on serving), ``lost_not_retrieved`` (not among
 the candidates handed to the ranking head: FAISS's best ``RTREC_SERVING_RANKED`` and the
 co-visitation channel's ``RTREC_SERVING_COVISITED``; of those, ``not_retrieved_beyond_ranked_cut``
 FAISS did return, below its cut), ``lost_ranked_below_k``
@@ -299,6 +301,11 @@ class LiveRun:
     errors: Counter = field(default_factory=Counter)
     seconds: float = 0.0  # from the first dispatch until the last event was sent
     sent_at: dict[str, float] = field(default_factory=dict)  # per user: when its last event was sent (monotonic)
+    #: items serving answered ``GET /embeddings/item`` for: a row stays until the parameter server
+    #: expires it (30 days of event time without an update), far beyond a replay, so each item is
+    #: asked until its first yes only, and the diagnosis adds little load to what is measured
+    indexed_items: set[str] = field(default_factory=set)
+    index_asks: int = 0  # GET /embeddings/item requests sent
 
     async def one(self, n: int, event: Planned) -> None:
         """Ask, diagnose a miss, then send the event."""
@@ -332,16 +339,23 @@ class LiveRun:
                                      rank, {}, latency, error, loss, cold, beyond, event.category))
 
     async def _indexed(self, item: str, body: dict) -> bool | None:
-        """Whether serving has a row for the item (only asked when the explanation needs it)."""
+        """Whether serving has a row for the item (only asked when the explanation needs it, and
+        not again once serving said yes: :attr:`indexed_items`)."""
         explain = body.get("explain") or {}
         if not explain or explain.get("cold_start") or item in (explain.get("ranked") or []):
             return None
+        if item in self.indexed_items:
+            return True
+        self.index_asks += 1
         try:
             async with self.http.get(f"/embeddings/item/{item}") as response:
                 await response.read()
-                return response.status != 404
+                status = response.status
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return None
+        if status == 200:
+            self.indexed_items.add(item)
+        return {200: True, 404: False}.get(status)
 
     def _send(self, n: int, event: Planned, hit_body: dict | None) -> float:
         """Send the click stamped now (returns that ``ts``); a click on a recommended item carries
@@ -499,6 +513,7 @@ def figures(live: LiveRun, offline: float | None, seconds: float) -> dict:
         "model_served_popularity_hr_at_10": rounded(hr_ndcg([o.baseline["popularity"] for o in warm])[0]),
         "new_item_events": sum(o.baseline["popularity"] == math.inf for o in kept),
         "not_retrieved_beyond_ranked_cut": sum(o.beyond_cut for o in kept),
+        "index_asks": live.index_asks,  # the diagnosis's own GET /embeddings/item requests (load on serving)
         "seconds": round(seconds, 1),
     }
 

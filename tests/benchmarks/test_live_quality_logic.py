@@ -172,3 +172,48 @@ def test_figures_of_a_small_run() -> None:
     assert out["served_cold_start"] == 4 and out["lost_not_indexed"] == 1 and out["lost_to_rules"] == 0
     assert out["model_served"] == 5 and out["model_served_hr_at_10"] == 0.8 and out["new_item_events"] == 1
     assert out["p50_ms"] == 50.0 and out["p99_ms"] == 100.0 and out["seconds"] == 12.3
+
+
+class _Answers:
+    """An HTTP session that answers ``GET /embeddings/item/{id}`` with a fixed status per item and
+    records what was asked (the diagnosis's side of the conversation only)."""
+
+    def __init__(self, statuses: dict[str, int]) -> None:
+        self.statuses, self.asked = statuses, []
+
+    def get(self, url: str) -> "_Answers._Reply":
+        item = url.rsplit("/", 1)[1]
+        self.asked.append(item)
+        return _Answers._Reply(self.statuses[item])
+
+    class _Reply:
+        def __init__(self, status: int) -> None:
+            self.status = status
+
+        async def __aenter__(self) -> "_Answers._Reply":
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def read(self) -> bytes:
+            return b"{}"
+
+
+def test_the_diagnosis_asks_serving_about_an_item_until_its_first_yes_only() -> None:
+    import asyncio
+
+    http = _Answers({"known": 200, "new": 404})
+    live = lq.LiveRun(http=http, producer=None, run="t")  # type: ignore[arg-type]
+    miss = {"explain": {"cold_start": False, "ranked": ["other"], "retrieved": ["other"]}}
+
+    async def ask(item: str, body: dict) -> bool | None:
+        return await live._indexed(item, body)
+
+    answers = [asyncio.run(ask(item, miss)) for item in ("known", "known", "new", "new")]
+    assert answers == [True, True, False, False]
+    assert http.asked == ["known", "new", "new"] and live.index_asks == 3  # "no" is asked again: it may change
+    ranked = {"explain": {"cold_start": False, "ranked": ["new"]}}
+    cold = {"explain": {"cold_start": True}}
+    assert asyncio.run(ask("new", ranked)) is None and asyncio.run(ask("new", cold)) is None
+    assert live.index_asks == 3
