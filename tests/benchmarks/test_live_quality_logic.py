@@ -4,6 +4,7 @@ sent event at a time), the metrics, the loss classification and reading ``rtrec 
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import math
 import random
@@ -201,19 +202,13 @@ class _Answers:
 
 
 def test_the_diagnosis_asks_serving_about_an_item_until_its_first_yes_only() -> None:
-    import asyncio
-
     http = _Answers({"known": 200, "new": 404})
     live = lq.LiveRun(http=http, producer=None, run="t")  # type: ignore[arg-type]
     miss = {"explain": {"cold_start": False, "ranked": ["other"], "retrieved": ["other"]}}
-
-    async def ask(item: str, body: dict) -> bool | None:
-        return await live._indexed(item, body)
-
-    answers = [asyncio.run(ask(item, miss)) for item in ("known", "known", "new", "new")]
+    answers = [asyncio.run(live._indexed(item, miss)) for item in ("known", "known", "new", "new")]
     assert answers == [True, True, False, False]
     assert http.asked == ["known", "new", "new"] and live.index_asks == 3  # "no" is asked again: it may change
     ranked = {"explain": {"cold_start": False, "ranked": ["new"]}}
     cold = {"explain": {"cold_start": True}}
-    assert asyncio.run(ask("new", ranked)) is None and asyncio.run(ask("new", cold)) is None
+    assert asyncio.run(live._indexed("new", ranked)) is None and asyncio.run(live._indexed("new", cold)) is None
     assert live.index_asks == 3
