@@ -11,7 +11,8 @@
 --       then one JSON array of ranges, each ["topic:partition", from, to]: the offsets [from, to)
 --       of that partition this call covers (its events, and the messages between them that were
 --       not events: dead letters); then one JSON array of the actions the (user, category)
---       counters count (the ones features read); then, optionally, one JSON array of catalogue
+--       counters count (the ones features read); then one JSON array of the actions whose rings
+--       each item's ranking vector holds ({p}v:i:{item}; [] for none); then, optionally, one JSON array of catalogue
 --       notes [item, category ("" if none)]: items of the batch's events that other shards apply,
 --       entered in this shard's catalogue before its own events (features/shards.py: every
 --       shard's catalogue holds every item, so a user's shard knows each item's category).
@@ -56,7 +57,13 @@ local function layout_of(windows)
     off = off + 1 + w[3]
   end
   layout.words = off - 1
+  layout.nbytes = 4 * layout.words
   layout.fmt = '<' .. string.rep('I4', layout.words)
+  layout.blank = function()
+    local v = {}
+    for k = 1, layout.words do v[k] = 0 end
+    return v
+  end
   return layout
 end
 local full_layout = layout_of(wins)
@@ -65,14 +72,13 @@ local rings, ring_order = {}, {}
 local unpack = unpack or table.unpack
 
 local function ring_load(key, layout, raw)
-  -- the string's words (zeros if absent or of another layout), kept for the rest of the call
+  -- the string's values (blank if absent or of another layout), kept for the rest of the call
   local v
-  if raw and #raw == 4 * layout.words then
+  if raw and #raw == layout.nbytes then
     v = {struct.unpack(layout.fmt, raw)}
     v[#v] = nil  -- unpack's last value is the position after the string
   else
-    v = {}
-    for k = 1, layout.words do v[k] = 0 end
+    v = layout.blank()
   end
   local r = {v = v, layout = layout}
   rings[key] = r
@@ -166,7 +172,32 @@ local okey = p .. 'offsets'
 local ranges = cjson.decode(ARGV[i + 1])
 local uc_actions = {}
 for _, action in ipairs(cjson.decode(ARGV[i + 2])) do uc_actions[action] = true end
-local notes = ARGV[i + 3] and cjson.decode(ARGV[i + 3]) or {}
+local vec_actions = cjson.decode(ARGV[i + 3])
+local notes = ARGV[i + 4] and cjson.decode(ARGV[i + 4]) or {}
+
+-- An item's ranking vector (features/windows.py VectorLayout): the rings of vec_actions back to
+-- back, then the item's trending log-score (double, -inf: none), so that ranking reads each
+-- candidate with one GET's worth of work. Its rings are updated by the same events as the item's
+-- own rings, its score with the trending ranking (and kept when the ranking trims the item).
+local vec_layout, vec_part = nil, {}
+if #vec_actions > 0 then
+  local ring_words = #vec_actions * full_layout.words
+  vec_layout = {words = ring_words + 1, nbytes = 4 * ring_words + 8, score_at = ring_words + 1,
+                fmt = '<' .. string.rep('I4', ring_words) .. 'd'}
+  vec_layout.blank = function()
+    local v = {}
+    for k = 1, ring_words do v[k] = 0 end
+    v[ring_words + 1] = -math.huge
+    return v
+  end
+  for a, action in ipairs(vec_actions) do
+    local part = {wins = {}}
+    for _, w in ipairs(full_layout.wins) do
+      table.insert(part.wins, {w[1], w[2], w[3] + (a - 1) * full_layout.words})
+    end
+    vec_part[action] = part
+  end
+end
 local next_of, gaps = {}, {0, 0}
 for r, range in ipairs(ranges) do
   local mark = redis.call('HGET', okey, range[1])
@@ -253,6 +284,10 @@ for _, ev in ipairs(events) do
     ev.uckey = p .. 'w:uc:' .. user .. '\31' .. ev.known .. '\31' .. action
     want(ev.uckey, uc_layout)
   end
+  if vec_layout and (vec_part[action] or ev[6] == 1) then
+    ev.vkey = p .. 'v:i:' .. item
+    want(ev.vkey, vec_layout)
+  end
 end
 each_slice(ring_keys, 1, function(lo, hi)
   local got = redis.call('MGET', unpack(ring_keys, lo, hi))
@@ -282,6 +317,7 @@ for _, ev in ipairs(events) do
     -- the user's actions on the item's category, in one window: the (user, category) affinity
     ring_add(ev.uckey, uc_layout, ts, 1)
   end
+  if ev.vkey and vec_part[action] then ring_add(ev.vkey, vec_part[action], ts, 1) end
   if positive == 1 then
     local last = tonumber(redis.call('HGET', ukey, 'last_ts') or '0')
     local skey = p .. 'sess:' .. user
@@ -319,6 +355,11 @@ if #cat_changed > 0 then
     args[#args + 1] = item
   end
   each_slice(args, 2, function(lo, hi) redis.call('ZADD', cat_log, unpack(args, lo, hi)) end)
+end
+if vec_layout then  -- the items' new trending scores (zsets[1]) into their vectors
+  for _, item in ipairs(zsets[1].changed) do
+    rings[p .. 'v:i:' .. item].v[vec_layout.score_at] = zsets[1].score[item]
+  end
 end
 for _, z in ipairs(zsets) do
   local args = {}

@@ -28,6 +28,7 @@ class FeatureConfig:
     acted_items: int = 1000  # items kept per user that serving never recommends again, latest first (up to 2x between trims; 0: none)
     user_category_window: str = "24h"  # the window of the (user, category) counters (none if not a window)
     user_category_actions: tuple[str, ...] = ("impression", "click")  # the actions they count: what features read
+    item_vector_actions: tuple[str, ...] = ("impression", "click")  # rings kept in each item's ranking vector (keys.item_vector; () : none)
     covisit_query: int = 5  # the ranking feature sums co-visits with the user's last N items
     covisit_sums_ttl_ms: int = 2000  # how long serving's recall keeps a user's co-visit sums for its ranking reads
     catalog_size: int = 1_000_000  # items kept in the catalogue (least recently changed leave first)

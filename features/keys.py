@@ -14,6 +14,7 @@ session gap.
 | ``{p}offsets`` | hash | ``{topic}:{partition}`` → next Kafka offset to apply: events below it were applied (written by the call that applied them) |
 | ``{p}w:u:{user}<US>{action}`` / ``{p}w:i:{item}<US>{action}`` / ``{p}w:g:<US>{action}`` | string | the window counts of one action of a user, an item, the stream: every window's ring as binary ``uint32`` words (features/windows.py ``RingLayout``; ``<US>``: the byte 0x1F) |
 | ``{p}w:uc:{user}<US>{category}<US>{action}`` | string | the user's counts of one item category, the ``user_category_window``'s ring only, for the ``user_category_actions`` (impression, click) |
+| ``{p}v:i:{item}`` | string | the item's ranking vector, what ranking reads per candidate in one MGET: the rings of the ``item_vector_actions`` (impression, click), then its trending log-score (features/windows.py ``VectorLayout``), written with the rings |
 | ``{p}actions`` | set | every action counted (the rings a reader of all counts asks for) |
 | ``{p}c:u:{user}`` | hash | ``last_ts``: the user's last positive action (sessions) |
 | ``{p}recent:{user}`` | list | last items the user acted on, newest first |
@@ -35,6 +36,11 @@ def ring(prefix: str, kind: str, entity_id: str, action: str) -> str:
     stream (``"g"``, ``entity_id`` ``""``) or a (user, category) pair (``"uc"``, ``entity_id``
     :func:`user_category`); ``apply_events.lua`` builds them so."""
     return f"{prefix}w:{kind}:{entity_id}\x1f{action}"
+
+
+def item_vector(prefix: str, item_id: str) -> str:
+    """Key of an item's ranking vector (``apply_events.lua`` builds them so)."""
+    return f"{prefix}v:i:{item_id}"
 
 
 def user_category(user_id: str, category: str) -> str:

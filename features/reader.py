@@ -29,13 +29,21 @@ from features import keys
 from features.config import FeatureConfig
 from features.ids import distinct
 from features.shards import ShardLayout
-from features.windows import RingLayout
+from features.client import is_cluster_client
+from features.windows import RingLayout, VectorLayout
 
 COVISITS_SCRIPT = resources.files("features").joinpath("covisits.lua").read_text()
 COVISITED_SCRIPT = resources.files("features").joinpath("covisited.lua").read_text()
 RINGS_SCRIPT = resources.files("features").joinpath("rings.lua").read_text()
+#: MGET of the keys, for a Redis Cluster pipeline (which refuses MGET; the keys share one slot).
+MGET_SCRIPT = """local out = {}
+for lo = 1, #KEYS, 1000 do
+  local got = redis.call('MGET', unpack(KEYS, lo, math.min(lo + 999, #KEYS)))
+  for k = 1, #got do out[lo + k - 1] = got[k] end
+end
+return out"""
 #: Loaded again, all of them, when Redis answers NOSCRIPT (it restarted or was flushed).
-READ_SCRIPTS = (COVISITS_SCRIPT, COVISITED_SCRIPT, RINGS_SCRIPT)
+READ_SCRIPTS = (COVISITS_SCRIPT, COVISITED_SCRIPT, RINGS_SCRIPT, MGET_SCRIPT)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class FeatureReader:
         self._covisits_script = client.register_script(COVISITS_SCRIPT)
         self._covisited_script = client.register_script(COVISITED_SCRIPT)
         self._rings_script = client.register_script(RINGS_SCRIPT)
+        self._mget_script = client.register_script(MGET_SCRIPT)
         self.layout: ShardLayout = self.config.layout
 
     def watermark(self) -> float:
@@ -377,7 +386,7 @@ class FeatureReader:
         """Queue a read of the rings of ``ids`` times ``actions`` (entity-major) under prefix ``p``,
         by ``rings.lua`` (a cluster pipeline refuses MGET; the script's keys share ``p``'s slot)."""
         pipe.evalsha(self._rings_script.sha, 1, keys.watermark(p), p, kind, orjson.dumps(list(actions)),
-                     orjson.dumps(list(ids)), "0")
+                     orjson.dumps(list(ids)))
 
     def _all_counts(self, parts: Sequence[Sequence[bytes | None]], n: int, actions: Sequence[str],
                     watermark: float) -> list[dict[str, int]]:
@@ -417,16 +426,12 @@ class RingRead:
     the ring strings of the actions ``names`` need, of users, items, the stream or (user, item
     category) pairs, fetched by ``rings.lua`` (one JSON argument, bulk commands inside) and
     summed at the watermark with numpy. Users' rings are read from each user's shard; items' and
-    the stream's from every shard, and added up. With ``extras`` (items) the replies also hold the
-    items' trending log-scores and catalogue categories (:meth:`extras`)."""
+    the stream's from every shard, and added up. (Ranking reads its candidates' counts from their
+    ranking vectors instead: :class:`ItemVectorRead`.)"""
 
-    def __init__(self, reader: FeatureReader, kind: str, ids: Sequence[Any], names: Sequence[str],
-                 extras: bool = False) -> None:
+    def __init__(self, reader: FeatureReader, kind: str, ids: Sequence[Any], names: Sequence[str]) -> None:
         if kind not in ("u", "i", "g", "uc"):
             raise ValueError(f"kind must be u, i, g or uc, got {kind!r}")
-        if extras and kind != "i":
-            raise ValueError("extras are read for items")
-        self.extras = extras
         config = reader.config
         windows = [w for w in config.windows if kind != "uc" or w.name == config.user_category_window]
         self.layout = RingLayout(tuple(windows))
@@ -457,13 +462,7 @@ class RingRead:
         for shard, rows in self.parts:
             ids = self.ids if rows is None else [self.ids[r] for r in rows]
             pipe.evalsha(self.reader._rings_script.sha, 1, layout.route(shard), layout.prefixes[shard], self.kind,
-                         actions, orjson.dumps([list(i) if self.kind == "uc" else i for i in ids]),
-                         "1" if self.extras else "0")
-
-    def extras_of(self, replies: Sequence[Any]) -> tuple[list, list]:
-        """The items' trending log-scores (merged over the shards; None if unranked) and catalogue
-        categories (the first shard's that knows one; None if unknown) of ``extras`` replies."""
-        return merge_log_scores([r[1] for r in replies]), first_known([r[2] for r in replies])
+                         actions, orjson.dumps([list(i) if self.kind == "uc" else i for i in ids]))
 
     def decode(self, replies: Sequence[Any], watermark: float) -> np.ndarray:
         """``int64 (len(ids), len(names))`` from the :attr:`replies` replies :meth:`build` queued."""
@@ -471,7 +470,7 @@ class RingRead:
         out = np.zeros((len(self.ids), len(self.names)), dtype=np.int64)
         for (_, rows), reply in zip(self.parts, replies):
             n = len(self.ids) if rows is None else len(rows)
-            words = self.layout.decode(list(reply[0] if self.extras else reply)[: n * per])
+            words = self.layout.decode(list(reply)[: n * per])
             sums = {w: self.layout.sums(words, w, watermark).reshape(n, per) for w in {w for _, w in self.names}}
             part = np.stack([sums[window][:, self.actions.index(action)] for action, window in self.names], axis=1) \
                 if self.names else np.zeros((n, 0), dtype=np.int64)
@@ -480,6 +479,61 @@ class RingRead:
             else:
                 out[rows] = part
         return out
+
+
+class ItemVectorRead:
+    """A queued read of items' ranking vectors (``{p}v:i:{item}``, :class:`features.windows.VectorLayout`):
+    one MGET per shard (no script: Redis only looks keys up, about a sixth of the CPU of building
+    the keys in Lua, measured), decoded with one ``numpy.frombuffer``; the counts ``names``
+    (``<action>_<window>`` of the ``item_vector_actions``) summed at the watermark and over the
+    shards, each item's trending log-score merged over the shards. With ``categories``, also the
+    items' catalogue categories (one HMGET of the first shard's catalogue, which holds every item).
+    A Redis Cluster pipeline refuses MGET: there the keys go to a one-line script instead."""
+
+    def __init__(self, reader: FeatureReader, ids: Sequence[str], names: Sequence[str],
+                 categories: bool = False) -> None:
+        config = reader.config
+        self.vector = VectorLayout(RingLayout(config.windows), tuple(config.item_vector_actions))
+        windows = {w.name for w in config.windows}
+        self.names = []
+        for name in names:
+            action, _, window = name.rpartition("_")
+            if action not in self.vector.actions or window not in windows:
+                raise ValueError(f"unknown item count {name!r}: expected <action>_<window> of the item "
+                                 f"vector's actions {self.vector.actions} and a configured window")
+            self.names.append((action, window))
+        self.reader, self.ids, self.categories = reader, list(ids), categories
+        self._cluster = is_cluster_client(reader.client)
+
+    @property
+    def replies(self) -> int:
+        """How many replies :meth:`build` queues (one per shard, and one for the categories)."""
+        return len(self.reader.layout.prefixes) + int(self.categories)
+
+    def build(self, pipe: Any) -> None:
+        layout = self.reader.layout
+        for shard, prefix in enumerate(layout.prefixes):
+            names = [keys.item_vector(prefix, i) for i in self.ids]
+            if self._cluster:
+                pipe.evalsha(self.reader._mget_script.sha, len(names), *names)
+            else:
+                pipe.mget(names)
+        if self.categories:
+            pipe.hmget(keys.catalog(layout.prefixes[0]), self.ids)
+
+    def decode(self, replies: Sequence[Any], watermark: float) -> tuple[np.ndarray, np.ndarray, list | None]:
+        """``int64 (len(ids), len(names))`` counts, ``float64 (len(ids),)`` trending log-scores
+        (``-inf`` where none) and, if asked, the categories (bytes, None where unknown)."""
+        shards = len(self.reader.layout.prefixes)
+        counts = np.zeros((len(self.ids), len(self.names)), dtype=np.int64)
+        scores = []
+        for reply in replies[:shards]:
+            rings, trending = self.vector.decode(reply)
+            for c, (action, window) in enumerate(self.names):
+                counts[:, c] += self.vector.rings.sums(self.vector.words(rings, action), window, watermark)
+            scores.append(trending)
+        trending = scores[0] if shards == 1 else np.logaddexp.reduce(np.stack(scores), axis=0)
+        return counts, trending, list(replies[shards]) if self.categories else None
 
 
 def merge_log_scores(parts: Sequence[Sequence[Any]]) -> list[float | None]:

@@ -1,8 +1,10 @@
 """The dense real-time features of (user, item) pairs that the ranking head takes: one definition
 for the trainer and for serving, so the model sees the same inputs in both.
 
-Read in one Redis round trip: the window rings by MGET, summed with numpy
-(:class:`features.reader.RingRead`), no script per entity. Counts enter as ``log1p``; CTRs are
+Read in one Redis round trip: the candidates' counts and trending scores from their ranking
+vectors by one plain MGET (:class:`features.reader.ItemVectorRead`), the users', the stream's and
+the (user, category) rings by ``rings.lua`` (:class:`features.reader.RingRead`), all summed at the
+watermark with numpy, no script or Python per entity. Counts enter as ``log1p``; CTRs are
 smoothed towards the stream's CTR over the same window with ``ctr_prior_strength``
 pseudo-impressions and enter as their log lift over it (:func:`log_lift`); trending is ``log1p``
 of the decayed score; the user's clicks and CTR on the item's category (24 h) say how much the
@@ -22,7 +24,7 @@ import numpy as np
 import redis
 
 from features.ids import distinct
-from features.reader import FeatureReader, RingRead, acted_flags, covisit_sums
+from features.reader import FeatureReader, ItemVectorRead, RingRead, acted_flags, covisit_sums
 from rtrec.recipe.model import REALTIME_FEATURES
 
 __all__ = ["read_realtime_features", "read_realtime", "read_realtime_async", "read_realtime_many",
@@ -168,7 +170,7 @@ class RealtimeQuery:
         self.items, self.item_row = distinct(self.pair_items)
         user_row = np.broadcast_to(self.user_row, (self.n,)).tolist()
         self.pairs = list(zip(user_row, self.pair_items))
-        self.reads = (RingRead(reader, "i", self.items, ITEM_COUNTS, extras=True),
+        self.reads = (ItemVectorRead(reader, self.items, ITEM_COUNTS, categories),
                       RingRead(reader, "u", self.users, USER_COUNTS),
                       RingRead(reader, "g", [], ITEM_COUNTS),
                       RingRead(reader, "uc", [(self.users[u], i) for u, i in self.pairs], USER_CATEGORY_COUNTS))
@@ -193,9 +195,9 @@ class RealtimeQuery:
             replies[lo:hi] for lo, hi in zip(cuts[:-1], cuts[1:]))
         wm = self.reader.watermark_of(wm_replies)
         item_read, user_read, stream_read, uc_read = self.reads
-        trending, cats = item_read.extras_of(item_reply)
+        item_counts, log_score, cats = item_read.decode(item_reply, wm)
         n, item_row, config = self.n, self.item_row, self.reader.config
-        raw_item_counts = item_read.decode(item_reply, wm)[item_row]
+        raw_item_counts = item_counts[item_row]
         item_counts = raw_item_counts.astype(np.float64)
         user_counts = user_read.decode(user_reply, wm)[np.broadcast_to(self.user_row, (n,))].astype(np.float64)
         stream = stream_read.decode(stream_reply, wm)[0].astype(np.float64)
@@ -208,14 +210,13 @@ class RealtimeQuery:
 
         p0_1h = stream[1] / stream[0] if stream[0] else 0.0
         p0_24h = stream[3] / stream[2] if stream[2] else 0.0
-        log_score = np.array([np.nan if s is None else float(s) for s in trending], dtype=np.float64)
-        decayed = np.exp(np.minimum(log_score - wm / config.trending_tau_s, 50.0))[item_row]
+        decayed = np.exp(np.minimum(log_score - wm / config.trending_tau_s, 50.0))[item_row]  # 0 where none
         columns = {
             "item_log_impressions_1h": np.log1p(item_counts[:, 0]),
             "item_log_clicks_1h": np.log1p(item_counts[:, 1]),
             "item_log_ctr_lift_1h": ctr_lift(item_counts[:, 1], item_counts[:, 0], p0_1h),
             "item_log_ctr_lift_24h": ctr_lift(item_counts[:, 3], item_counts[:, 2], p0_24h),
-            "item_log_trending": np.log1p(np.nan_to_num(decayed, nan=0.0)),
+            "item_log_trending": np.log1p(decayed),
             "user_log_impressions_24h": np.log1p(user_counts[:, 0]),
             "user_log_clicks_1h": np.log1p(user_counts[:, 1]),
             "user_log_clicks_24h": np.log1p(user_counts[:, 2]),

@@ -4,15 +4,12 @@
 -- 11 % of serving's time at 200 ranked items when it sent MGET keys itself). Sums are left to the
 -- reader (features/reader.py RingRead, numpy). ARGV: prefix, kind ("u", "i", "g", or "uc": the
 -- ids are [user, item] pairs and the category is the item's in the catalogue), the actions as ONE
--- JSON array, the ids as ONE JSON array, then "1" to also return, for items, their trending
--- log-scores and catalogue categories. Returns, per id and action, the ring string (false where
--- none), or with the flag {rings, trending scores (false if unranked), categories (false if
--- unknown)}. Bulk commands only (MGET, HMGET, ZMSCORE, in slices of 1000 arguments: Lua's C stack
--- bounds unpack), never one call per entity. Key names follow features/keys.py.
+-- JSON array, the ids as ONE JSON array. Returns, per id and action, the ring string (false where
+-- none). Bulk commands only (MGET, HMGET, in slices of 1000 arguments: Lua's C stack bounds
+-- unpack), never one call per entity. Key names follow features/keys.py.
 local p, kind = ARGV[1], ARGV[2]
 local actions = cjson.decode(ARGV[3])
 local ids = cjson.decode(ARGV[4])
-local extras = ARGV[5] == '1'
 local unpack = unpack or table.unpack
 
 local function bulk(cmd, head, args)
@@ -57,5 +54,4 @@ for n, entity in ipairs(entities) do
 end
 local got = bulk('MGET', nil, wanted)
 for k = 1, #wanted do out[where[k]] = got[k] end
-if not extras then return out end
-return {out, bulk('ZMSCORE', p .. 'trending', ids), bulk('HMGET', p .. 'items', ids)}
+return out

@@ -18,6 +18,10 @@ counts, little-endian ``uint32``. Slot ``s`` holds bucket ``L - ((L - s) mod slo
 it passes when ``L`` moves on, and drops an event older than ``L - slots + 1``, which is what a
 ring of slots tagged with their bucket does. A reader sums many entities' strings at once with
 numpy (:meth:`RingLayout.sums`): no script and no per-entity Python on the read path.
+
+An item's ranking vector (:class:`VectorLayout`) is the rings of a few actions back to back and the
+item's trending log-score, one string per item, so that ranking reads every candidate with one
+MGET and decodes all of them with one ``numpy.frombuffer``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["WindowSpec", "DEFAULT_WINDOWS", "RingLayout"]
+__all__ = ["WindowSpec", "DEFAULT_WINDOWS", "RingLayout", "VectorLayout"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,44 @@ class RingLayout:
             out[w.name] = (w, at)
             at += 1 + w.slots
         return out
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """An item's ranking vector: the :class:`RingLayout` string of each of ``actions``, in order,
+    then the item's trending log-score as a little-endian float64 (``-inf``: none yet). Written by
+    ``apply_events.lua`` with the rings it copies; the window sums stay exact at any watermark
+    because they are taken at read (:meth:`RingLayout.sums` of :meth:`words`), as for any ring.
+
+    >>> layout = VectorLayout(RingLayout((WindowSpec("5m", 300, 5),)), ("impression", "click"))
+    >>> layout.nbytes, layout.decode([None])[1].tolist()
+    (56, [-inf])
+    """
+
+    rings: RingLayout
+    actions: tuple[str, ...]
+
+    @cached_property
+    def dtype(self) -> np.dtype:
+        return np.dtype([("rings", "<u4", (len(self.actions), self.rings.words)), ("trending", "<f8")])
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize
+
+    def decode(self, blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+        """``uint32 (len(blobs), len(actions), words)`` rings and ``float64 (len(blobs),)`` trending
+        log-scores; a missing string (None, or one of another layout) reads as zeros and ``-inf``."""
+        size = self.nbytes
+        empty = self._empty
+        joined = b"".join([b if b is not None and len(b) == size else empty for b in blobs])
+        rows = np.frombuffer(joined, dtype=self.dtype)
+        return rows["rings"], rows["trending"]
+
+    def words(self, rings: np.ndarray, action: str) -> np.ndarray:
+        """The :class:`RingLayout` words ``(n, words)`` of one action out of :meth:`decode`'s rings."""
+        return rings[:, self.actions.index(action)]
+
+    @cached_property
+    def _empty(self) -> bytes:
+        return np.array([(0, -np.inf)], dtype=self.dtype).tobytes()

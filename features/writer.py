@@ -111,6 +111,7 @@ class FeatureWriter:
         for w in c.windows:
             self._head += [w.name, w.bucket_s, w.slots]
         self._uc_actions = orjson.dumps(list(c.user_category_actions))
+        self._vector_actions = orjson.dumps(list(c.item_vector_actions))
 
     def write_many(self, events: Sequence[Event], now: float | None = None, *,
                    offsets: Sequence[LogPosition] | None = None,
@@ -185,6 +186,7 @@ class FeatureWriter:
         for shard, chunk, chunk_ranges, notes in calls:
             pipe.evalsha(self._script.sha, 1, self._layout.route(shard), self._layout.prefixes[shard],
                          *self._head, self._encode(chunk), orjson.dumps(chunk_ranges), self._uc_actions,
+                         self._vector_actions,
                          *([] if notes is None else [notes]))
         return pipe.execute(raise_on_error=False)
 

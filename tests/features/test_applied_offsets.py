@@ -6,6 +6,7 @@ re-applied, and after the re-apply its features equal those of an uninterrupted 
 from __future__ import annotations
 
 import math
+import struct
 import random
 import uuid
 
@@ -175,6 +176,11 @@ def same_features(one: FeatureWriter, other: FeatureWriter) -> bool:
     one partition after the other)."""
     a, b = comparable(state(one)), comparable(state(other))
     assert sorted(a) == sorted(b)
+    vectors = [k for k in a if k.startswith("v:i:")]  # item ranking vectors: rings, then a trending score
+    assert vectors
+    for k in vectors:
+        (rings_a, score_a), (rings_b, score_b) = (struct.unpack(f"<{len(v) - 8}sd", v) for v in (a.pop(k), b.pop(k)))
+        assert rings_a == rings_b and math.isclose(score_a, score_b, rel_tol=1e-12), k
     for key in ("trending", "popular"):
         ra, rb = dict(a.pop(key)), dict(b.pop(key))
         assert ra and sorted(ra) == sorted(rb)
