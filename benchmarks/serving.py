@@ -24,14 +24,15 @@ such rebuild during the run (``rtrec_serving_index_rebuild_duration_seconds``, `
 them over all processes); ``first_index_build_ms``: the mean of the start-up builds before it.
 ``cpu_ms_per_request``: CPU seconds serving's processes (and their children: the impression
 senders) used during the /recommend run, per answered request: the cost a busy shared machine
-cannot hide in its latencies.
+cannot hide in its latencies; ``redis_cpu_ms_per_request`` the same of the feature Redis (every
+master of a cluster), which serving's reads keep busy on the same cores.
 
 ``--redis-cluster N`` puts the features on a local Redis Cluster of N masters (one feature shard
 per master, as ``rtrec up --redis-cluster N``); the field ``redis_cluster`` says which (0: one Redis).
 
 Run: ``python -m benchmarks.serving [--rate 300 --duration 30 --processes 2 --ranked 50]``; the
 last line is JSON with ``items, offered_qps, achieved_qps, p50_ms, p99_ms, errors, bare_p99_ms,
-p99_ratio, processes, ranked, redis_cluster, cpu_ms_per_request, knee_qps, bare_knee_qps, knee_ratio,
+p99_ratio, processes, ranked, redis_cluster, cpu_ms_per_request, redis_cpu_ms_per_request, knee_qps, bare_knee_qps, knee_ratio,
 dense_sync_ms, dense_syncs, first_index_build_ms``.
 """
 
@@ -56,7 +57,7 @@ import numpy as np
 
 from benchmarks.common import cpu_seconds, report
 from features.ids import feature_ids
-from features.client import redis_client
+from features.client import is_cluster_client, redis_client
 from features.config import FeatureConfig
 from features.writer import FeatureWriter
 from param_server.config import DEFAULT_TABLES
@@ -141,6 +142,17 @@ class DensePusher:
             self.client.push_dense({k: (v * (1 + 0.05 * rng.standard_normal(v.shape))).astype(np.float32)
                                     for k, v in self.base.items()})
             self.pushes += 1
+
+
+def redis_cpu_seconds(url: str) -> float:
+    """CPU seconds (user + system) the Redis of ``url`` used so far, summed over a cluster's masters."""
+    client = redis_client(url)
+    if is_cluster_client(client):
+        replies = list(client.info("cpu", target_nodes=client.PRIMARIES).values())
+    else:
+        replies = [client.info("cpu")]
+    client.close()
+    return sum(r["used_cpu_user"] + r["used_cpu_sys"] for r in replies)
 
 
 def populate_features(redis_url: str, config: FeatureConfig, rng: np.random.Generator) -> None:
@@ -338,13 +350,15 @@ def main() -> None:
         # The baseline first: a /recommend run that falls behind leaves a backlog in the server.
         bare = _load(f"{base}/healthz", args.rate, args.duration, "get")
         print(f"/healthz:   {bare}", file=sys.stderr)
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before, redis_before = cpu_seconds(server.pid), redis_cpu_seconds(info.redis)
         before = scrape(served["metrics"])
         with DensePusher(ready["param_server"], args.dense_push_s) as pusher:
             rec = _load(f"{base}/recommend", args.rate, args.duration, "post")
         during = scrape(served["metrics"])
-        cpu_ms = 1000 * (cpu_seconds(server.pid) - cpu_before) / max(1, rec["requests"] - rec["errors"])
-        print(f"/recommend: {rec}; serving CPU {cpu_ms:.2f} ms per request; {pusher.pushes} dense pushes",
+        answered = max(1, rec["requests"] - rec["errors"])
+        cpu_ms = 1000 * (cpu_seconds(server.pid) - cpu_before) / answered
+        redis_ms = 1000 * (redis_cpu_seconds(info.redis) - redis_before) / answered
+        print(f"/recommend: {rec}; serving CPU {cpu_ms:.2f} ms, Redis {redis_ms:.2f} ms per request; {pusher.pushes} dense pushes",
               file=sys.stderr)
         bare_knee = _knee(f"{base}/healthz", "get", args.knee_duration)
         knee = _knee(f"{base}/recommend", "post", args.knee_duration)
@@ -360,7 +374,7 @@ def main() -> None:
             "p99_ratio": round(rec["p99_ms"] / bare["p99_ms"], 2) if bare["p99_ms"] else None,
             "impressions": not args.no_impressions, "processes": args.processes, "ranked": ranked,
             "redis_cluster": args.redis_cluster,
-            "cpu_ms_per_request": round(cpu_ms, 2),
+            "cpu_ms_per_request": round(cpu_ms, 2), "redis_cpu_ms_per_request": round(redis_ms, 2),
             "knee_qps": knee, "bare_knee_qps": bare_knee,
             "knee_ratio": round(knee / bare_knee, 3) if knee and bare_knee else None,
             "dense_sync_ms": round(1000 * rebuild_s / rebuilds, 1) if rebuilds else None,

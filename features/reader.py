@@ -29,21 +29,14 @@ from features import keys
 from features.config import FeatureConfig
 from features.ids import distinct
 from features.shards import ShardLayout
-from features.client import is_cluster_client
 from features.windows import RingLayout, VectorLayout
 
 COVISITS_SCRIPT = resources.files("features").joinpath("covisits.lua").read_text()
 COVISITED_SCRIPT = resources.files("features").joinpath("covisited.lua").read_text()
 RINGS_SCRIPT = resources.files("features").joinpath("rings.lua").read_text()
-#: MGET of the keys, for a Redis Cluster pipeline (which refuses MGET; the keys share one slot).
-MGET_SCRIPT = """local out = {}
-for lo = 1, #KEYS, 1000 do
-  local got = redis.call('MGET', unpack(KEYS, lo, math.min(lo + 999, #KEYS)))
-  for k = 1, #got do out[lo + k - 1] = got[k] end
-end
-return out"""
+VECTORS_SCRIPT = resources.files("features").joinpath("vectors.lua").read_text()
 #: Loaded again, all of them, when Redis answers NOSCRIPT (it restarted or was flushed).
-READ_SCRIPTS = (COVISITS_SCRIPT, COVISITED_SCRIPT, RINGS_SCRIPT, MGET_SCRIPT)
+READ_SCRIPTS = (COVISITS_SCRIPT, COVISITED_SCRIPT, RINGS_SCRIPT, VECTORS_SCRIPT)
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,7 @@ class FeatureReader:
         self._covisits_script = client.register_script(COVISITS_SCRIPT)
         self._covisited_script = client.register_script(COVISITED_SCRIPT)
         self._rings_script = client.register_script(RINGS_SCRIPT)
-        self._mget_script = client.register_script(MGET_SCRIPT)
+        self._vectors_script = client.register_script(VECTORS_SCRIPT)
         self.layout: ShardLayout = self.config.layout
 
     def watermark(self) -> float:
@@ -483,12 +476,11 @@ class RingRead:
 
 class ItemVectorRead:
     """A queued read of items' ranking vectors (``{p}v:i:{item}``, :class:`features.windows.VectorLayout`):
-    one MGET per shard (no script: Redis only looks keys up, about a sixth of the CPU of building
-    the keys in Lua, measured), decoded with one ``numpy.frombuffer``; the counts ``names``
-    (``<action>_<window>`` of the ``item_vector_actions``) summed at the watermark and over the
-    shards, each item's trending log-score merged over the shards. With ``categories``, also the
-    items' catalogue categories (one HMGET of the first shard's catalogue, which holds every item).
-    A Redis Cluster pipeline refuses MGET: there the keys go to a one-line script instead."""
+    per shard one call of ``vectors.lua``, which returns the vectors as one string (one reply to
+    parse, one ``numpy.frombuffer``); the counts ``names`` (``<action>_<window>`` of the
+    ``item_vector_actions``) summed at the watermark and over the shards, each item's trending
+    log-score merged over the shards. With ``categories``, also the items' catalogue categories,
+    from the first shard's catalogue (which holds every item) in the same call."""
 
     def __init__(self, reader: FeatureReader, ids: Sequence[str], names: Sequence[str],
                  categories: bool = False) -> None:
@@ -503,37 +495,32 @@ class ItemVectorRead:
                                  f"vector's actions {self.vector.actions} and a configured window")
             self.names.append((action, window))
         self.reader, self.ids, self.categories = reader, list(ids), categories
-        self._cluster = is_cluster_client(reader.client)
 
     @property
     def replies(self) -> int:
-        """How many replies :meth:`build` queues (one per shard, and one for the categories)."""
-        return len(self.reader.layout.prefixes) + int(self.categories)
+        """How many replies :meth:`build` queues (one per shard)."""
+        return len(self.reader.layout.prefixes)
 
     def build(self, pipe: Any) -> None:
-        layout = self.reader.layout
+        layout, ids, blank = self.reader.layout, orjson.dumps(self.ids), self.vector.blank
         for shard, prefix in enumerate(layout.prefixes):
-            names = [keys.item_vector(prefix, i) for i in self.ids]
-            if self._cluster:
-                pipe.evalsha(self.reader._mget_script.sha, len(names), *names)
-            else:
-                pipe.mget(names)
-        if self.categories:
-            pipe.hmget(keys.catalog(layout.prefixes[0]), self.ids)
+            pipe.evalsha(self.reader._vectors_script.sha, 1, layout.route(shard), prefix, ids, blank,
+                         "1" if self.categories and shard == 0 else "0")
 
     def decode(self, replies: Sequence[Any], watermark: float) -> tuple[np.ndarray, np.ndarray, list | None]:
         """``int64 (len(ids), len(names))`` counts, ``float64 (len(ids),)`` trending log-scores
         (``-inf`` where none) and, if asked, the categories (bytes, None where unknown)."""
-        shards = len(self.reader.layout.prefixes)
         counts = np.zeros((len(self.ids), len(self.names)), dtype=np.int64)
         scores = []
-        for reply in replies[:shards]:
-            rings, trending = self.vector.decode(reply)
+        for blob, _ in replies:
+            rings, trending = self.vector.decode_joined(blob, len(self.ids))
             for c, (action, window) in enumerate(self.names):
                 counts[:, c] += self.vector.rings.sums(self.vector.words(rings, action), window, watermark)
             scores.append(trending)
-        trending = scores[0] if shards == 1 else np.logaddexp.reduce(np.stack(scores), axis=0)
-        return counts, trending, list(replies[shards]) if self.categories else None
+        trending = scores[0] if len(scores) == 1 else np.logaddexp.reduce(np.stack(scores), axis=0)
+        if not self.categories:
+            return counts, trending, None
+        return counts, trending, [c if c else None for c in replies[0][1]]
 
 
 def merge_log_scores(parts: Sequence[Sequence[Any]]) -> list[float | None]:

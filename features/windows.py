@@ -138,9 +138,14 @@ class VectorLayout:
     def decode(self, blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
         """``uint32 (len(blobs), len(actions), words)`` rings and ``float64 (len(blobs),)`` trending
         log-scores; a missing string (None, or one of another layout) reads as zeros and ``-inf``."""
-        size = self.nbytes
-        empty = self._empty
-        joined = b"".join([b if b is not None and len(b) == size else empty for b in blobs])
+        size, blank = self.nbytes, self.blank
+        return self.decode_joined(b"".join([b if b is not None and len(b) == size else blank for b in blobs]),
+                                  len(blobs))
+
+    def decode_joined(self, joined: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`decode` of ``n`` vectors already joined into one string (blanks where none)."""
+        if len(joined) != n * self.nbytes:
+            raise ValueError(f"expected {n} vectors of {self.nbytes} bytes, got {len(joined)} bytes")
         rows = np.frombuffer(joined, dtype=self.dtype)
         return rows["rings"], rows["trending"]
 
@@ -149,5 +154,6 @@ class VectorLayout:
         return rings[:, self.actions.index(action)]
 
     @cached_property
-    def _empty(self) -> bytes:
+    def blank(self) -> bytes:
+        """The vector of an item without one: zero counts, no trending score."""
         return np.array([(0, -np.inf)], dtype=self.dtype).tobytes()
