@@ -121,7 +121,7 @@ from benchmarks.common import report
 from benchmarks.ingest import T0, simulated_events
 from features.config import FeatureConfig
 from features.reader import FeatureReader
-from features.store_state import store_state as features_store_state
+from features.store_state import same_item_vector, store_state as features_store_state
 from param_server.client import ParamServerClient
 from param_server.config import DEFAULT_TABLES, tables_to_json
 from param_server.sharding import shard_of
@@ -341,6 +341,8 @@ def compare_stores(got: dict[str, object], want: dict[str, object], prefix: str)
             scores = dict(b)  # type: ignore[arg-type]
             same = len(a) == len(scores) and all(  # type: ignore[arg-type]
                 m in scores and np.isclose(s, scores[m], rtol=1e-12, atol=0) for m, s in a)  # type: ignore[union-attr]
+        elif key.startswith(f"{prefix}v:i:"):
+            same = same_item_vector(a, b)  # type: ignore[arg-type]
         else:
             same = a == b
         if not same:

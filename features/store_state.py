@@ -4,6 +4,8 @@ without one). Expiry times are left out; values are read in two pipelines per 5,
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Any
 
 import redis
@@ -30,3 +32,13 @@ def store_state(client: redis.Redis, prefix: str, marks: bool = False) -> dict[s
              b"zset": lambda k: values.zrange(k, 0, -1, withscores=True)}[kind](key)
         out.update((key.decode(errors="replace")[len(prefix):], value) for key, value in zip(chunk, values.execute()))
     return out
+
+
+def same_item_vector(a: bytes, b: bytes) -> bool:
+    """Whether two item ranking vectors (``{p}v:i:{item}``) hold the same rings and, to 1e-12
+    relative, the same trending score: a sum of decayed counts, which events re-applied in another
+    order (a gap filled partition by partition) add up with other roundings."""
+    if len(a) != len(b) or len(a) < 8:
+        return a == b
+    (rings_a, score_a), (rings_b, score_b) = (struct.unpack(f"<{len(v) - 8}sd", v) for v in (a, b))
+    return rings_a == rings_b and math.isclose(score_a, score_b, rel_tol=1e-12)
